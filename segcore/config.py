@@ -1,0 +1,86 @@
+"""Validate the workflow configuration and derive each stage's options from it.
+
+The Snakefile calls ``load_config`` at parse time, so a bad config stops the run before
+any job starts, with one line that names the key and the reason.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "rules" / "schemas" / "config.schema.yaml"
+TRAIN_STAGES = ("source_only", "oracle", "warmup")
+WARMUP_ONLY_KEYS = ("mode", "adv_weight", "disc_lr", "disc_betas")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key."""
+
+
+def _with_defaults(cls):
+    validate_properties = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(cls, {"properties": set_defaults})
+
+
+_DefaultingValidator = _with_defaults(Draft202012Validator)
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _key(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _first_error(validator, instance, where: str = ""):
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        e = errors[0]
+        key = _key(e)
+        raise ConfigError(f"config key '{where}{key}': {e.message}")
+
+
+def validate(config: dict, schema: dict | None = None) -> dict:
+    """Fill in defaults and validate in place; raise ConfigError naming the first bad key."""
+    schema = schema or load_schema()
+    _first_error(_DefaultingValidator(schema), config)
+    for name in config["run_chains"]:
+        if name not in config["chains"]:
+            raise ConfigError(f"config key 'run_chains': unknown chain '{name}' (known: {', '.join(config['chains'])})")
+    for name, chain in config["chains"].items():
+        if chain["source"] not in config["datasets"] or chain["target"] not in config["datasets"]:
+            raise ConfigError(f"config key 'chains.{name}': dataset not configured under 'datasets'")
+        if chain["source"] == "synthia" and chain["num_classes"] != 16:
+            raise ConfigError(f"config key 'chains.{name}.num_classes': SYNTHIA chains use the 16-class protocol, got {chain['num_classes']}")
+    # every stage's merged options must be valid training options too
+    train_schema = dict(schema["$defs"]["train_options"], **{"$defs": schema["$defs"]})
+    for stage in TRAIN_STAGES:
+        _first_error(Draft202012Validator(train_schema), stage_options(config, stage, _validated=False), where=f"{stage}.")
+    return config
+
+
+def stage_options(config: dict, stage: str, _validated: bool = True) -> dict:
+    """The training options of one stage: `train` with the stage's own keys on top."""
+    opts = copy.deepcopy(config["train"])
+    for key, value in config.get(stage, {}).items():
+        if key not in WARMUP_ONLY_KEYS and value is not None:
+            opts[key] = value
+    return opts
+
+
+def load_config_file(path) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f) or {}

@@ -1,0 +1,164 @@
+"""The weak view of ProDA/CPSL, recording its parameters, and their replay on other maps.
+
+``WeakView`` is the official ``RandomSized(base_width)`` -> ``RandomCrop(crop)`` ->
+``RandomHorizontallyFlip(p)`` chain (reference/proda_cpsl.md 1.2):
+
+1. new width ``w = int(U(scale_range) * base_width)``, ``h = int(w / (W / H))`` (aspect kept);
+   the image is resized bilinearly (antialiased, half-pixel centres, like PIL's BILINEAR),
+   the label by nearest neighbour (half-pixel centres, like PIL's NEAREST);
+2. a crop of ``crop = (W, H)`` pixels at a uniform top-left corner (both ends inclusive);
+3. a horizontal flip with probability ``flip_p``.
+
+Its parameters come back as tensors that ``default_collate`` stacks:
+``{"size": int64[2] (h, w), "crop": int64[4] (y1, y2, x1, x2), "flip": bool[]}``.
+``apply_view`` replays them on any other map defined on the full (pre-view) image grid,
+at any resolution (soft pseudo-labels at output stride 8, teacher features, hard labels),
+exactly like the official ``full2weak``: resize to ``size / stride`` (bilinear with
+``align_corners=True`` as the official code, or nearest), crop ``box / stride``, flip.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .classes import IGNORE_INDEX
+
+ViewParams = dict[str, Tensor]
+
+
+def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
+    """Uniform integer in [low, high] (both inclusive, like ``random.randint``)."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
+
+
+class WeakView:
+    """RandomSized(base_width) + RandomCrop(crop) + horizontal flip, with recorded parameters.
+
+    ``crop`` is (W, H). Random draws come from ``generator`` when given, else from torch's
+    global RNG (seeded per worker by the DataLoader).
+    """
+
+    def __init__(self, base_width: int, crop: tuple[int, int], scale_range=(0.5, 1.5), flip_p: float = 0.5):
+        self.base_width = int(base_width)
+        self.crop = (int(crop[0]), int(crop[1]))
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.flip_p = float(flip_p)
+        if self.base_width <= 0 or min(self.crop) <= 0 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"bad WeakView settings: base_width={base_width}, crop={crop}, scale_range={scale_range}")
+
+    def __repr__(self) -> str:
+        return f"WeakView(base_width={self.base_width}, crop={self.crop}, scale_range={self.scale_range}, flip_p={self.flip_p})"
+
+    def sample(self, height: int, width: int, generator: torch.Generator | None = None) -> ViewParams:
+        """Draw the parameters of one view of a ``height`` x ``width`` image."""
+        lo, hi = self.scale_range
+        u = lo + (hi - lo) * float(torch.rand((), generator=generator, dtype=torch.float64))
+        w = max(1, int(u * self.base_width))
+        h = max(1, int(w / (width / height)))
+        tw, th = self.crop
+        # The official RandomCrop resizes (with a broken call) when the scaled image is smaller
+        # than the crop; that branch is never reached at the official sizes. We instead place
+        # the image at the top/left of the crop and pad (image 0, label 255): the box then
+        # extends past the scaled image and ``apply_view`` fills the outside the same way.
+        x1 = _randint(0, w - tw, generator) if w >= tw else 0
+        y1 = _randint(0, h - th, generator) if h >= th else 0
+        flip = float(torch.rand((), generator=generator, dtype=torch.float64)) < self.flip_p
+        return {
+            "size": torch.tensor([h, w], dtype=torch.int64),
+            "crop": torch.tensor([y1, y1 + th, x1, x1 + tw], dtype=torch.int64),
+            "flip": torch.tensor(flip),
+        }
+
+    def __call__(self, image: Tensor, label: Tensor | None = None, generator: torch.Generator | None = None):
+        """image float[3,H,W], label long[H,W] or None -> (image, label, params)."""
+        if image.dim() != 3:
+            raise ValueError(f"WeakView expects an image of shape [C,H,W], got {tuple(image.shape)}")
+        params = self.sample(image.shape[-2], image.shape[-1], generator)
+        h, w = (int(v) for v in params["size"])
+        resized = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+        out = _crop_flip(resized, params, fill=0.0)
+        if label is not None:
+            label = apply_view(label, params, "nearest")
+        return out, label, params
+
+
+def _crop_flip(x: Tensor, params: ViewParams, fill) -> Tensor:
+    """Crop box (padding with ``fill`` outside ``x``) then flip, on one [C,h,w] map."""
+    y1, y2, x1, x2 = (int(v) for v in params["crop"])
+    h, w = x.shape[-2:]
+    if y2 <= h and x2 <= w:
+        out = x[..., y1:y2, x1:x2]
+    else:
+        out = x.new_full((*x.shape[:-2], y2 - y1, x2 - x1), fill)
+        ph, pw = max(0, min(y2, h) - y1), max(0, min(x2, w) - x1)
+        out[..., :ph, :pw] = x[..., y1:y1 + ph, x1:x1 + pw]
+    if bool(params["flip"]):
+        out = out.flip(-1)
+    return out.contiguous()
+
+
+def apply_view(x: Tensor, params: ViewParams, mode: str, stride: int = 1, fill=None) -> Tensor:
+    """Warp a map defined on the full (pre-view) image grid exactly as the view warped the image.
+
+    ``x``: [C,H,W] (or [H,W]) with single-sample params, or [N,C,H,W] (or [N,H,W]) with the
+    batched params of ``default_collate``. Its resolution is free (H, W need not be the
+    image's): it is resized to ``size // stride`` -- ``mode="bilinear"`` with
+    ``align_corners=True`` (official; float maps) or ``mode="nearest"`` (half-pixel centres,
+    any dtype; what ``WeakView`` does to the label) -- then cropped to ``crop // stride`` and
+    flipped. Pixels outside the scaled map (padding) get ``fill``: 255 for "nearest",
+    0 for "bilinear" by default. The whole batch is warped in one gather / ``grid_sample``.
+    """
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    size, crop, flip = params["size"], params["crop"], params["flip"]
+    batched = size.dim() == 2
+    squeeze_channel = x.dim() == (3 if batched else 2)
+    if squeeze_channel:
+        x = x.unsqueeze(-3)
+    if not batched:
+        x, size, crop, flip = x[None], size[None], crop[None], flip.reshape(1)
+    if x.dim() != 4 or x.shape[0] != size.shape[0]:
+        raise ValueError(f"apply_view: map of shape {tuple(x.shape)} does not match params for {size.shape[0]} sample(s)")
+    if fill is None:
+        fill = IGNORE_INDEX if mode == "nearest" else 0.0
+    n, _, hin, win = x.shape
+    dev = x.device
+    size, crop, flip = size.to(dev), crop.to(dev), flip.to(dev)
+
+    hs = torch.div(size[:, 0], stride, rounding_mode="floor").clamp_min(1)  # official int(h/4)
+    ws = torch.div(size[:, 1], stride, rounding_mode="floor").clamp_min(1)
+    y1 = torch.div(crop[:, 0], stride, rounding_mode="floor")
+    x1 = torch.div(crop[:, 2], stride, rounding_mode="floor")
+    th = int((crop[0, 1] - crop[0, 0]) // stride)  # the crop size is the same for the whole batch
+    tw = int((crop[0, 3] - crop[0, 2]) // stride)
+
+    # coordinates in the scaled map of every output pixel (flip applied after the crop)
+    r = y1[:, None] + torch.arange(th, device=dev)[None]  # [N, th]
+    j = torch.arange(tw, device=dev)[None]
+    c = x1[:, None] + torch.where(flip[:, None].bool(), tw - 1 - j, j)  # [N, tw]
+    valid = (r < hs[:, None])[:, :, None] & (c < ws[:, None])[:, None, :]  # [N, th, tw]
+
+    if mode == "nearest":
+        # source index floor((r + 0.5) * H / h), in exact integer arithmetic
+        src_r = ((2 * r + 1) * hin).div(2 * hs[:, None], rounding_mode="floor").clamp_(0, hin - 1)
+        src_c = ((2 * c + 1) * win).div(2 * ws[:, None], rounding_mode="floor").clamp_(0, win - 1)
+        nidx = torch.arange(n, device=dev)[:, None, None]
+        out = x[nidx, :, src_r[:, :, None], src_c[:, None, :]].permute(0, 3, 1, 2)  # [N, C, th, tw]
+    else:
+        if not x.is_floating_point():
+            raise ValueError(f"apply_view: mode 'bilinear' needs a float map, got {x.dtype}")
+        # align_corners=True resize: scaled pixel r sits at input r * (H-1)/(h-1), i.e. at
+        # normalised 2r/(h-1) - 1; clamped at the border, padding is masked below.
+        gy = 2.0 * r.to(x.dtype) / (hs[:, None] - 1).clamp_min(1).to(x.dtype) - 1.0
+        gx = 2.0 * c.to(x.dtype) / (ws[:, None] - 1).clamp_min(1).to(x.dtype) - 1.0
+        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # [N, th, tw, 2]
+        out = F.grid_sample(x, grid.clamp(-1.0, 1.0), mode="bilinear", padding_mode="border", align_corners=True)
+    if not bool(valid.all()):
+        out = out.masked_fill(~valid[:, None], fill)
+    out = out.contiguous()
+    if not batched:
+        out = out[0]
+    if squeeze_channel:
+        out = out.squeeze(-3)
+    return out

@@ -1,0 +1,181 @@
+"""The results table: our numbers per (chain, method, stage) next to the published ones.
+
+Each entry points at a metrics JSON written by :func:`segcore.metrics.summarize` (the
+last checkpoint: the primary number, DESIGN.md 5) and optionally at a second one for the
+checkpoint selected on the evaluation set (``metrics_best``: what the papers report,
+labelled as such). Published numbers come from ``reference/published_results.csv``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from segcore.atomic import atomic_path, write_text
+from segcore.data.classes import CLASSES19
+
+__all__ = [
+    "CHAIN_ORDER",
+    "METHOD_ORDER",
+    "STAGE_ORDER",
+    "BASELINE_METHODS",
+    "CHAIN_NUM_CLASSES",
+    "COLUMNS",
+    "load_published",
+    "results_table",
+    "write_tables",
+]
+
+# Row order of the table. Later methods add themselves to these lists (before "oracle",
+# which stays last); names not listed sort after the listed ones, alphabetically.
+CHAIN_ORDER = ["gta5_to_cityscapes", "synthia_to_cityscapes"]
+METHOD_ORDER = ["source_only", "proda", "cpsl", "oracle"]
+STAGE_ORDER = ["source_only", "warmup", "stage1", "stage2", "stage3", "oracle"]
+#: methods that are not a paper's method and have no published number
+BASELINE_METHODS = ("source_only", "oracle")
+#: class count each known chain is evaluated with (a metrics file must agree)
+CHAIN_NUM_CLASSES = {"gta5_to_cityscapes": 19, "synthia_to_cityscapes": 16}
+
+IOU_COLUMNS = [f"iou_{c}" for c in CLASSES19]
+COLUMNS = [
+    "chain",
+    "method",
+    "stage",
+    "metric",
+    "mIoU",
+    "mIoU13",
+    "best_on_val_mIoU",
+    "best_on_val_mIoU13",
+    "published",
+    "published_mIoU13",
+    "published_source",
+    *IOU_COLUMNS,
+    "note",
+]
+_PUBLISHED_COLUMNS = ["method", "stage", "chain", "metric", "value", "source"]
+
+
+def load_published(csv_path) -> pd.DataFrame:
+    """The published-results CSV (method, stage, chain, metric, value, source, iou_*)."""
+    df = pd.read_csv(csv_path)
+    missing = [c for c in _PUBLISHED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing columns {missing}")
+    return df
+
+
+def _num(x) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _load_metrics(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    with open(path) as f:
+        m = json.load(f)
+    n = m.get("num_classes")
+    key = f"mIoU{n}"
+    if n not in (16, 19) or key not in m or "iou" not in m:
+        raise ValueError(f"{path}: not a metrics file written by segcore.metrics.summarize")
+    return m
+
+
+def _lookup(published: pd.DataFrame | None, method, stage, chain, metric):
+    """(value, source) of the preferred published row, or (nan, None)."""
+    if published is None:
+        return math.nan, None
+    rows = published[
+        (published["method"] == method)
+        & (published["stage"] == stage)
+        & (published["chain"] == chain)
+        & (published["metric"] == metric)
+    ]
+    if rows.empty:
+        return math.nan, None
+    readme = rows[rows["source"].astype(str).str.contains("README")]
+    row = (readme if not readme.empty else rows).iloc[0]
+    return float(row["value"]), str(row["source"])
+
+
+def _rank(value, order) -> tuple:
+    if value in order:
+        return (order.index(value), "")
+    # unknown names: after the known ones, but before "oracle" when the order ends with it
+    before = order.index("oracle") if "oracle" in order else len(order)
+    return (before - 0.5, str(value))
+
+
+def results_table(entries: list[dict], published_csv=None) -> pd.DataFrame:
+    """One row per (chain, method, stage), columns :data:`COLUMNS`, in table order.
+
+    ``entries``: dicts with ``chain``, ``method``, ``stage``, ``metrics`` (path of a
+    summarize() JSON), optional ``metrics_best`` (same, for the checkpoint selected on the
+    evaluation set) and optional ``note``. Scores are in percent; NaN where undefined.
+    """
+    published = load_published(published_csv) if published_csv is not None else None
+    rows, seen = [], set()
+    for e in entries:
+        chain, method, stage = str(e["chain"]), str(e["method"]), str(e["stage"])
+        if (chain, method, stage) in seen:
+            raise ValueError(f"duplicate table entry {(chain, method, stage)}")
+        seen.add((chain, method, stage))
+        m = _load_metrics(e["metrics"])
+        n = m["num_classes"]
+        expected = CHAIN_NUM_CLASSES.get(chain)
+        if expected is not None and expected != n:
+            raise ValueError(f"{e['metrics']}: {n} classes, but chain {chain} uses {expected}")
+        metric = f"mIoU{n}"
+        row = dict.fromkeys(COLUMNS, math.nan)
+        row.update(chain=chain, method=method, stage=stage, metric=metric, published_source=None)
+        row["mIoU"] = _num(m[metric])
+        row["mIoU13"] = _num(m.get("mIoU13"))
+        if e.get("metrics_best") is not None:
+            b = _load_metrics(e["metrics_best"])
+            if b["num_classes"] != n:
+                raise ValueError(f"{e['metrics_best']}: class count differs from {e['metrics']}")
+            row["best_on_val_mIoU"] = _num(b[metric])
+            row["best_on_val_mIoU13"] = _num(b.get("mIoU13"))
+        for name, v in m["iou"].items():
+            if f"iou_{name}" not in row:
+                raise ValueError(f"{e['metrics']}: unknown class {name!r}")
+            row[f"iou_{name}"] = _num(v)
+        if method not in BASELINE_METHODS:
+            value, source = _lookup(published, method, stage, chain, metric)
+            value13, source13 = (math.nan, None)
+            if n == 16:
+                value13, source13 = _lookup(published, method, stage, chain, "mIoU13")
+            row["published"], row["published_mIoU13"] = value, value13
+            row["published_source"] = source if source is not None else source13
+        row["note"] = e.get("note") or None
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    if df.empty:
+        return df
+    keys = df.apply(
+        lambda r: (_rank(r["chain"], CHAIN_ORDER), _rank(r["method"], METHOD_ORDER), _rank(r["stage"], STAGE_ORDER)),
+        axis=1,
+    )
+    df = df.iloc[sorted(range(len(df)), key=lambda i: keys.iloc[i])].reset_index(drop=True)
+    return df
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    shown, align = df.copy(), []
+    for col in shown.columns:
+        if pd.api.types.is_numeric_dtype(shown[col]):
+            shown[col] = [("" if pd.isna(v) else f"{v:.1f}") for v in shown[col]]
+            align.append("right")
+        else:
+            shown[col] = ["" if pd.isna(v) else str(v) for v in shown[col]]
+            align.append("left")
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
+
+
+def write_tables(df: pd.DataFrame, out_csv, out_md) -> None:
+    """Write the table as CSV (full precision) and Markdown (1 decimal), atomically."""
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False)
+    write_text(out_md, _markdown(df))

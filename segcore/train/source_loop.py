@@ -1,0 +1,152 @@
+"""Supervised training loops: source-only, oracle (target labels) and the adversarial warm-up.
+
+One loop for the three because they differ only in which labelled set they read and in
+the optional discriminator; the losses live in ``segcore.methods.warmup``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.classes import class_names
+from ..data.datasets import SegmentationDataset
+from ..data.transforms import WeakView
+from ..methods import warmup as W
+from ..models.checkpoint import save_model
+from ..models.deeplabv2 import build_deeplabv2, param_groups
+from ..models.discriminator import FCDiscriminator
+from ..models.weights import load_imagenet_backbone
+from .resume import RollingState, fingerprint
+from .rng import get_rng_state, seed_everything, set_rng_state
+from .sampling import SeededBatchSampler
+from .schedule import poly_factor, set_lr
+
+MODES = ("source_only", "oracle", "adversarial")
+
+
+@dataclasses.dataclass
+class SupervisedJob:
+    mode: str
+    labelled: dict            # {"manifest", "split", "resize"}: the set whose labels train the model
+    num_classes: int
+    arch: str
+    options: dict             # merged training options of the stage (config `train` + overrides)
+    seed: int
+    out: str
+    workdir: str
+    unlabelled: dict | None = None   # target images for the adversarial warm-up
+    imagenet_weights: str | None = None
+    num_workers: int = 0
+
+
+def _view(opts) -> WeakView:
+    return WeakView(base_width=opts["base_width"], crop=tuple(opts["crop"]),
+                    scale_range=tuple(opts["scale_range"]), flip_p=opts["flip"])
+
+
+def _loader(spec: dict, num_classes: int, opts: dict, seed: int, start: int, with_labels: bool, workers: int):
+    ds = SegmentationDataset(spec["manifest"], spec["split"], num_classes, resize=spec.get("resize"),
+                             transform=_view(opts), with_labels=with_labels)
+    sampler = SeededBatchSampler(len(ds), opts["batch_size"], seed, start_iter=start)
+    return iter(torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers))
+
+
+def _freeze_bn(model) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+def run(job: SupervisedJob, log=print) -> dict:
+    if job.mode not in MODES:
+        raise ValueError(f"unknown training mode '{job.mode}' (known: {', '.join(MODES)})")
+    opts = job.options
+    seed_everything(job.seed)
+    model = build_deeplabv2(job.num_classes, job.arch)
+    init = "random"
+    if job.imagenet_weights:
+        load_imagenet_backbone(model, job.imagenet_weights)
+        init = "imagenet"
+    optimizer = torch.optim.SGD(param_groups(model, opts["lr"], opts["head_lr_mult"]), lr=opts["lr"],
+                                momentum=opts["momentum"], weight_decay=opts["weight_decay"])
+    adversarial = job.mode == "adversarial"
+    if adversarial:
+        disc = FCDiscriminator(job.num_classes)
+        d_opt = torch.optim.Adam(disc.parameters(), lr=opts["disc_lr"], betas=tuple(opts["disc_betas"]))
+        for g in d_opt.param_groups:
+            g["initial_lr"] = g["lr"]
+
+    state = RollingState(Path(job.workdir) / "resume.pt", opts["checkpoint_every"],
+                         fingerprint([dataclasses.asdict(job) | {"workdir": None, "num_workers": None}]))
+    start = 0
+    resumed = state.load()
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if adversarial:
+            disc.load_state_dict(resumed["disc"])
+            d_opt.load_state_dict(resumed["d_opt"])
+        set_rng_state(resumed["rng"])
+        start = resumed["iteration"]
+        log(f"resumed from {state.path} at iteration {start}")
+
+    labelled = _loader(job.labelled, job.num_classes, opts, job.seed, start, True, job.num_workers)
+    if adversarial:
+        unlabelled = _loader(job.unlabelled, job.num_classes, opts, job.seed + 1, start, False, job.num_workers)
+
+    total, horizon = opts["iterations"], opts["poly_horizon"] or opts["iterations"]
+    model.train()
+    if opts["freeze_bn"]:
+        _freeze_bn(model)
+    t0, it = time.time(), start
+    for it in range(start, total):
+        factor = poly_factor(it, horizon, opts["poly_power"])
+        set_lr(optimizer, factor)
+        batch = next(labelled)
+        images, labels = batch["image"], batch["label"]
+        optimizer.zero_grad(set_to_none=True)
+        out = model(images)["out"]
+        loss = W.segmentation_loss(out, labels)
+        logs = {"seg": loss.detach()}
+        if adversarial:
+            set_lr(d_opt, factor)
+            W.set_requires_grad(disc, False)
+            tgt = next(unlabelled)["image"]
+            crop = images.shape[-2:]
+            src_up = W.upsample(out, crop)
+            tgt_up = W.upsample(model(tgt)["out"], crop)
+            adv = W.generator_adv_loss(disc, tgt_up)
+            loss = loss + opts["adv_weight"] * adv
+            logs["adv"] = adv.detach()
+        loss.backward()
+        optimizer.step()
+        if adversarial:
+            W.set_requires_grad(disc, True)
+            d_opt.zero_grad(set_to_none=True)
+            d_loss = W.discriminator_loss(disc, src_up, tgt_up)
+            d_loss.backward()
+            d_opt.step()
+            logs["disc"] = d_loss.detach()
+        done = it + 1
+        if done % opts["log_every"] == 0 or done == total:
+            rate = (done - start) / max(time.time() - t0, 1e-9)
+            log(f"it {done}/{total} lr {optimizer.param_groups[0]['lr']:.2e} "
+                + " ".join(f"{k} {v.item():.4f}" for k, v in logs.items()) + f" ({rate:.1f} it/s)")
+        if state.due(done) and done < total:
+            snap = {"iteration": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": get_rng_state()}
+            if adversarial:
+                snap |= {"disc": disc.state_dict(), "d_opt": d_opt.state_dict()}
+            state.save(snap)
+
+    meta = {"arch": job.arch, "num_classes": job.num_classes, "bn_clr": False,
+            "classes": list(class_names(job.num_classes)), "stage": job.mode, "init": init,
+            "iterations": total}
+    save_model(job.out, model, meta)
+    state.clear()
+    return meta

@@ -1,0 +1,35 @@
+"""Evaluate one checkpoint on the target split and write its metrics as JSON (rules/evaluate.smk)."""
+import argparse
+import json
+
+import torch
+
+from segcore.atomic import write_json
+from segcore.evaluate import evaluate
+from segcore.models.checkpoint import load_model
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--resize", default="null", help="JSON [W, H] or null")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    model, meta = load_model(a.model, expect_num_classes=a.num_classes)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = evaluate(model, a.manifest, a.split, a.num_classes, resize=json.loads(a.resize),
+                      batch_size=a.batch_size, device=device)
+    result["checkpoint"] = {"path": a.model, **{k: meta[k] for k in ("stage", "init", "iterations") if k in meta}}
+    write_json(a.out, result)
+    key = "mIoU19" if a.num_classes == 19 else "mIoU16"
+    print(f"{a.model}: {key} {result[key]:.2f} on {result['images']} images", flush=True)
+
+
+if __name__ == "__main__":
+    main()

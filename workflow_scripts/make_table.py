@@ -1,0 +1,65 @@
+"""Build the results table (CSV + Markdown) from per-run metrics JSON files.
+
+    python workflow_scripts/make_table.py \
+        --entry gta5_to_cityscapes proda warmup results/.../metrics.json \
+        [--best gta5_to_cityscapes proda warmup results/.../metrics_best.json] \
+        [--note gta5_to_cityscapes proda warmup "student init: SimCLR rule on target images"] \
+        [--published reference/published_results.csv] \
+        --out-csv results/table.csv --out-md results/table.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    from segcore.tables import results_table, write_tables
+except ImportError:  # run from a checkout without the package installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from segcore.tables import results_table, write_tables
+
+
+def build_entries(args) -> list[dict]:
+    entries = {}
+    for chain, method, stage, metrics in args.entry:
+        key = (chain, method, stage)
+        if key in entries:
+            raise ValueError(f"duplicate --entry {' '.join(key)}")
+        entries[key] = {"chain": chain, "method": method, "stage": stage, "metrics": metrics}
+    for opt, field in (("best", "metrics_best"), ("note", "note")):
+        for chain, method, stage, value in getattr(args, opt) or []:
+            key = (chain, method, stage)
+            if key not in entries:
+                raise ValueError(f"--{opt} {' '.join(key)} has no matching --entry")
+            entries[key][field] = value
+    return list(entries.values())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--entry", nargs=4, action="append", required=True,
+                   metavar=("CHAIN", "METHOD", "STAGE", "METRICS_JSON"),
+                   help="one table row: metrics of the last checkpoint (repeatable)")
+    p.add_argument("--best", nargs=4, action="append", metavar=("CHAIN", "METHOD", "STAGE", "METRICS_JSON"),
+                   help="metrics of the checkpoint selected on the evaluation set for a row (optional)")
+    p.add_argument("--note", nargs=4, action="append", metavar=("CHAIN", "METHOD", "STAGE", "TEXT"),
+                   help="free-text note for a row (optional)")
+    p.add_argument("--published", help="published_results.csv (optional)")
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-md", required=True)
+    args = p.parse_args(argv)
+    try:
+        entries = build_entries(args)
+        if args.published is not None and not Path(args.published).is_file():
+            raise FileNotFoundError(f"published results file not found: {args.published}")
+        df = results_table(entries, published_csv=args.published)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"make_table: error: {exc}", file=sys.stderr)
+        return 1
+    write_tables(df, args.out_csv, args.out_md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

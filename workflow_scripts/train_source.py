@@ -1,0 +1,34 @@
+"""Train the source-only baseline, the oracle or the adversarial warm-up (rules/source.smk)."""
+import argparse
+import json
+
+import torch
+
+from segcore.train import source_loop
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--mode", required=True, choices=source_loop.MODES)
+    p.add_argument("--labelled", required=True, help="JSON: manifest, split, resize of the labelled set")
+    p.add_argument("--unlabelled", default=None, help="JSON: manifest, split, resize of the target images (adversarial)")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--imagenet-weights", default="")
+    p.add_argument("--options", required=True, help="JSON of the stage's training options")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    job = source_loop.SupervisedJob(
+        mode=a.mode, labelled=json.loads(a.labelled), num_classes=a.num_classes, arch=a.arch,
+        options=json.loads(a.options), seed=a.seed, out=a.out, workdir=a.workdir,
+        unlabelled=json.loads(a.unlabelled) if a.unlabelled else None,
+        imagenet_weights=a.imagenet_weights or None)
+    source_loop.run(job, log=lambda s: print(s, flush=True))
+
+
+if __name__ == "__main__":
+    main()
