@@ -1,0 +1,528 @@
+"""The strong view of ProDA/CPSL (``RandAugmentMC(n=2, m=10)`` + cutout), with exactly matching warps.
+
+``StrongView`` is the official strong augmentation (reference/proda_cpsl.md 1.2), applied to the
+weak crop (a float image in [0, 1]):
+
+1. a horizontal flip with probability ``flip_p``;
+2. CPSL only (off by default): a Gaussian blur (sigma 1, like PIL's ``GaussianBlur(1.0)``) with
+   probability ``blur_p``, then ``ColorJitter(jitter, jitter, jitter, min(0.5, jitter))`` with
+   probability ``jitter_p`` (0.5);
+3. ``n_ops`` ops drawn uniformly with replacement from the FixMatch pool ``OPS``, each applied with
+   probability 0.5 at magnitude ``v = randint(1, magnitude - 1)`` (the official
+   ``np.random.randint(1, m)``, whose high end is exclusive: 1..9 for m=10):
+
+   - AutoContrast, Equalize, Identity;
+   - Brightness, Color, Contrast, Sharpness: factor ``v*0.9/10 + 0.05``;
+   - Posterize: ``int(v*4/10) + 4`` bits; Solarize: threshold ``256 - int(v*256/10)`` (0..255 scale);
+   - Rotate: ``int(v*30/10)`` degrees (counter-clockwise, about the centre, like PIL's ``rotate``);
+   - ShearX/ShearY: ``v*0.3/10`` (about the top-left corner, like PIL's affine ``(1, s, 0, 0, 1, 0)``);
+   - TranslateX/TranslateY: ``int(v*0.3/10 * size)`` pixels;
+
+   the geometric ops get a random sign, bilinear sampling and a grey ``fill`` outside the image;
+4. cutout: a square of side ``min(W, H) // 3``, centred uniformly, filled grey (the official
+   ``CutoutAbs``: ``x0 = int(max(0, cx - side/2))``, ``x1 = int(min(W, x0 + side))`` and PIL's
+   rectangle, which includes its end pixel, so columns ``x0..min(x1, W-1)``).
+
+Every geometric op (the flip included) is recorded as a 2x3 affine matrix in NORMALISED coordinates
+(``[-1, 1]``, ``align_corners=False``: pixel centres at ``(2j+1)/W - 1``), mapping an output point
+to the point it samples in the op's input, i.e. the ``theta`` of ``F.affine_grid``. In pixel
+coordinates with pixel centres at ``j + 0.5`` this is exactly PIL's convention, and the image ops
+are implemented as PIL does them: a point whose source lies outside ``[0, W) x [0, H)`` gets the fill,
+the others are sampled bilinearly with clamped neighbours. The cutout box is recorded in
+normalised coordinates too. ``warp_to_strong`` replays the matrices (in the order they were
+applied, each drawn op as often as it was drawn) and the cutout on any map aligned with the weak
+crop, at any resolution; this fixes the official ``label_strong_T`` quirks (replay in a fixed
+order, duplicated ops replayed once, TranslateX normalised by the height) by construction.
+
+Parameters (all tensors of fixed shape, so ``default_collate`` stacks them; ``S = n_ops + 1``):
+
+=================  ===============  =========================================================
+key                shape / dtype    meaning
+=================  ===============  =========================================================
+``size``           int64[2]         (H, W) of the image the view was drawn for
+``flip``           bool[]           horizontal flip applied first
+``affine_steps``   float32[S,2,3]   step 0: the flip (or identity); step k: op k if it was
+                                    applied and geometric, else identity (normalised theta)
+``affine``         float32[2,3]     their composition ``A_0 @ A_1 @ ... @ A_n`` (output -> input)
+``cutout``         float32[4]       box (x0, y0, x1, y1) in normalised coordinates: a pixel
+                                    whose centre lies in [x0, x1) x [y0, y1) is cut out
+``has_cutout``     bool[]           whether the cutout was applied (else the box is zeros)
+``op_id``          int64[n_ops]     index into ``OPS`` of each drawn op, in the order applied
+``op_magnitude``   int64[n_ops]     the drawn ``v`` (0 for ops built with ``strong_params``)
+``op_value``       float32[n_ops]   the value used: degrees (Rotate), shear factor, translation
+                                    as a signed fraction of the size (after the official
+                                    rounding to whole pixels), enhancement factor, bits,
+                                    threshold (0..255); 0 for the parameter-free ops
+``op_applied``     bool[n_ops]      the p=0.5 coin of each op
+``blur``           bool[]           CPSL Gaussian blur applied
+``jitter``         float32[4]       CPSL ColorJitter factors (brightness, contrast, saturation,
+                                    hue); (1, 1, 1, 0) when not applied
+``jitter_order``   int64[4]         the order the four jitter functions were applied in
+=================  ===============  =========================================================
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+
+from .classes import IGNORE_INDEX
+
+ViewParams = dict[str, Tensor]
+
+#: The FixMatch pool of ``RandAugmentMC``, in the official order (``op_id`` indexes it).
+OPS = (
+    "AutoContrast", "Brightness", "Color", "Contrast", "Equalize", "Identity", "Posterize",
+    "Rotate", "Sharpness", "ShearX", "ShearY", "Solarize", "TranslateX", "TranslateY",
+)
+OP_INDEX = {name: i for i, name in enumerate(OPS)}
+GEOMETRIC_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"})
+PHOTOMETRIC_OPS = frozenset(OPS) - GEOMETRIC_OPS
+_SIGNED_OPS = GEOMETRIC_OPS
+_ENHANCE_OPS = ("Brightness", "Color", "Contrast", "Sharpness")
+_PARAMETER_MAX = 10
+_BLUR_SIGMA = 1.0  # PIL ImageFilter.GaussianBlur(radius=1.0): radius is the standard deviation
+_BLUR_KERNEL = 7  # covers +-3 sigma
+
+
+def _rand(generator: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
+    """Uniform integer in [low, high] (both inclusive, like ``random.randint``)."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
+
+
+# ----------------------------------------------------------------------------------------------
+# op values and matrices
+
+
+def op_value(name: str, v: int, height: int, width: int, negative: bool = False) -> float:
+    """The official value of op ``name`` at magnitude ``v`` (``fixmatch_augment_pool``).
+
+    Translations come back as a fraction of the width/height, after the official rounding of
+    the offset to whole pixels (``int(v * size)``, towards zero).
+    """
+    if name in _ENHANCE_OPS:
+        return float(v) * 0.9 / _PARAMETER_MAX + 0.05
+    if name == "Posterize":
+        return float(int(v * 4 / _PARAMETER_MAX) + 4)
+    if name == "Solarize":
+        return float(256 - int(v * 256 / _PARAMETER_MAX))
+    if name == "Rotate":
+        a = int(v * 30 / _PARAMETER_MAX)
+        return float(-a if negative else a)
+    if name in ("ShearX", "ShearY", "TranslateX", "TranslateY"):
+        s = float(v) * 0.3 / _PARAMETER_MAX
+        s = -s if negative else s
+        if name == "TranslateX":
+            return int(s * width) / width
+        if name == "TranslateY":
+            return int(s * height) / height
+        return s
+    if name in ("AutoContrast", "Equalize", "Identity"):
+        return 0.0
+    raise ValueError(f"unknown op {name!r}; the pool is {OPS}")
+
+
+def op_matrix(name: str, value: float, height: int, width: int) -> Tensor:
+    """Normalised 2x3 ``theta`` (output point -> input point) of a geometric op on an H x W image.
+
+    Derived from PIL's pixel-space maps (``u = (n + 1) * size / 2``):
+    ShearX ``x_in = x + s*y``; ShearY ``y_in = s*x + y`` (about the top-left corner);
+    TranslateX ``x_in = x + f*W``; TranslateY ``y_in = y + f*H``;
+    Rotate by ``a`` degrees counter-clockwise about the centre; Hflip ``x_in = W - x``.
+    Photometric ops give the identity.
+    """
+    r = height / width
+    if name == "ShearX":
+        m = [[1.0, value * r, value * r], [0.0, 1.0, 0.0]]
+    elif name == "ShearY":
+        m = [[1.0, 0.0, 0.0], [value / r, 1.0, value / r]]
+    elif name == "TranslateX":
+        m = [[1.0, 0.0, 2.0 * value], [0.0, 1.0, 0.0]]
+    elif name == "TranslateY":
+        m = [[1.0, 0.0, 0.0], [0.0, 1.0, 2.0 * value]]
+    elif name == "Rotate":
+        t = math.radians(value)
+        c, s = math.cos(t), math.sin(t)
+        m = [[c, -s * r, 0.0], [s / r, c, 0.0]]
+    elif name == "Hflip":
+        m = [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    elif name in OPS:
+        m = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    else:
+        raise ValueError(f"unknown op {name!r}")
+    return torch.tensor(m, dtype=torch.float64)
+
+
+def _compose(steps: Tensor) -> Tensor:
+    """[..., S, 2, 3] -> [..., 2, 3]: ``A_0 @ A_1 @ ... @ A_{S-1}`` in homogeneous coordinates."""
+    out = steps[..., 0, :, :]
+    for k in range(1, steps.shape[-3]):
+        out = _mul(out, steps[..., k, :, :])
+    return out
+
+
+def _mul(a: Tensor, b: Tensor) -> Tensor:
+    """The affine map ``p -> a(b(p))`` of two maps given as [..., 2, 3]."""
+    lin = a[..., :2] @ b[..., :2]
+    off = a[..., :2] @ b[..., 2:] + a[..., 2:]
+    return torch.cat([lin, off], dim=-1)
+
+
+def _cutout_box(x0: int, y0: int, x1: int, y1: int, height: int, width: int) -> list[float]:
+    """PIL rectangle ``(x0, y0, x1, y1)`` (end pixels included) -> normalised half-open box."""
+    xe, ye = min(x1 + 1, width), min(y1 + 1, height)
+    return [2.0 * x0 / width - 1.0, 2.0 * y0 / height - 1.0, 2.0 * xe / width - 1.0, 2.0 * ye / height - 1.0]
+
+
+def strong_params(
+    height: int,
+    width: int,
+    ops: Sequence[tuple[str, float]] = (),
+    flip: bool = False,
+    cutout: tuple[int, int, int, int] | None = None,
+    blur: bool = False,
+    jitter: tuple[Sequence[float], Sequence[int]] | None = None,
+    n_ops: int | None = None,
+    magnitudes: Sequence[int] | None = None,
+    applied: Sequence[bool] | None = None,
+) -> ViewParams:
+    """Build the params of a strong view by hand (what ``StrongView.sample`` draws at random).
+
+    ``ops``: ``(name, value)`` pairs in the order applied; ``value`` as in ``op_value`` (degrees,
+    shear, signed translation fraction, factor, bits, threshold). ``n_ops`` pads with unapplied
+    Identity slots (default ``len(ops)``). ``cutout``: the official PIL rectangle in pixels of the
+    ``height`` x ``width`` image. ``jitter``: ((brightness, contrast, saturation, hue), order).
+    ``applied``: the coin of each op (default: all applied); an op not applied warps nothing.
+    """
+    ops = list(ops)
+    n = len(ops) if n_ops is None else int(n_ops)
+    if n < len(ops):
+        raise ValueError(f"{len(ops)} ops do not fit in n_ops={n}")
+    names = [o[0] for o in ops] + ["Identity"] * (n - len(ops))
+    values = [float(o[1]) for o in ops] + [0.0] * (n - len(ops))
+    applied = [True] * len(ops) if applied is None else [bool(a) for a in applied]
+    if len(applied) != len(ops):
+        raise ValueError(f"{len(applied)} coins for {len(ops)} ops")
+    applied += [False] * (n - len(ops))
+    mags = [int(m) for m in (magnitudes or ())]
+    mags += [0] * (n - len(mags))
+    for name in names:
+        if name not in OP_INDEX:
+            raise ValueError(f"unknown op {name!r}; the pool is {OPS}")
+    steps = [op_matrix("Hflip" if flip else "Identity", 0.0, height, width)]
+    steps += [op_matrix(nm, v, height, width) if a else op_matrix("Identity", 0.0, height, width)
+              for nm, v, a in zip(names, values, applied)]
+    steps_t = torch.stack(steps)  # float64 [S, 2, 3]
+    if jitter is None:
+        jit, order = [1.0, 1.0, 1.0, 0.0], [0, 1, 2, 3]
+    else:
+        jit, order = [float(f) for f in jitter[0]], [int(i) for i in jitter[1]]
+    return {
+        "size": torch.tensor([height, width], dtype=torch.int64),
+        "flip": torch.tensor(bool(flip)),
+        "affine_steps": steps_t.to(torch.float32),
+        "affine": _compose(steps_t).to(torch.float32),
+        "cutout": torch.tensor(_cutout_box(*cutout, height, width) if cutout is not None else [0.0] * 4,
+                               dtype=torch.float32),
+        "has_cutout": torch.tensor(cutout is not None),
+        "op_id": torch.tensor([OP_INDEX[nm] for nm in names], dtype=torch.int64),
+        "op_magnitude": torch.tensor(mags, dtype=torch.int64),
+        "op_value": torch.tensor(values, dtype=torch.float32),
+        "op_applied": torch.tensor(applied, dtype=torch.bool),
+        "blur": torch.tensor(bool(blur)),
+        "jitter": torch.tensor(jit, dtype=torch.float32),
+        "jitter_order": torch.tensor(order, dtype=torch.int64),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# the image side
+
+
+def _grid(theta: Tensor, n: int, h: int, w: int) -> Tensor:
+    """Sampling grid [N, h, w, 2] of normalised thetas [N, 2, 3] (``align_corners=False``)."""
+    return F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+
+
+def _inside(grid: Tensor) -> Tensor:
+    """[N, h, w] bool: the sampled point lies in the input, i.e. in [-1, 1) x [-1, 1) (PIL's rule)."""
+    gx, gy = grid[..., 0], grid[..., 1]
+    return (gx >= -1.0) & (gx < 1.0) & (gy >= -1.0) & (gy < 1.0)
+
+
+def _cutout_mask(box: Tensor, has: Tensor, h: int, w: int) -> Tensor:
+    """[N, h, w] bool: pixels whose centre lies in the normalised half-open box [N, 4].
+
+    The box edges are taken to pixel units of this map and rounded to 1e-3 pixel, so that a
+    pixel centre exactly on an edge is decided the same way whatever the float rounding.
+    """
+    dev = box.device
+    box = box.to(torch.float64)
+    ex = torch.round((box[:, 0::2] + 1.0) * (w / 2.0) * 1000.0) / 1000.0  # [N, 2] x0, x1 in pixels
+    ey = torch.round((box[:, 1::2] + 1.0) * (h / 2.0) * 1000.0) / 1000.0
+    xs = torch.arange(w, device=dev, dtype=torch.float64) + 0.5
+    ys = torch.arange(h, device=dev, dtype=torch.float64) + 0.5
+    cols = (xs[None] >= ex[:, 0:1]) & (xs[None] < ex[:, 1:2])  # [N, w]
+    rows = (ys[None] >= ey[:, 0:1]) & (ys[None] < ey[:, 1:2])  # [N, h]
+    return rows[:, :, None] & cols[:, None, :] & has.reshape(-1, 1, 1).bool()
+
+
+def _fill_tensor(fill, image: Tensor) -> Tensor:
+    f = torch.as_tensor(fill, dtype=image.dtype, device=image.device)
+    return f.reshape(-1, 1, 1) if f.dim() else f
+
+
+def _warp_image(image: Tensor, theta: Tensor, fill: Tensor) -> Tensor:
+    """One geometric op on a [C, H, W] image: PIL's bilinear affine transform with ``fillcolor``."""
+    _, h, w = image.shape
+    grid = _grid(theta[None].to(image.dtype), 1, h, w)
+    out = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    return torch.where(_inside(grid), out, fill)
+
+
+def _to_u8(image: Tensor) -> Tensor:
+    return (image * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _from_u8(image: Tensor, dtype) -> Tensor:
+    return image.to(dtype) / 255.0
+
+
+def _photometric(image: Tensor, name: str, value: float) -> Tensor:
+    """A photometric op of the pool on a float [3, H, W] image in [0, 1]."""
+    if name == "Identity":
+        return image
+    if name == "AutoContrast":
+        return TF.autocontrast(image)
+    if name == "Brightness":
+        return TF.adjust_brightness(image, value)
+    if name == "Color":
+        return TF.adjust_saturation(image, value)
+    if name == "Contrast":
+        return TF.adjust_contrast(image, value)
+    if name == "Sharpness":
+        return _sharpness(image, value)
+    # PIL applies these to uint8 values: quantise, apply, come back
+    if name == "Equalize":
+        return _from_u8(TF.equalize(_to_u8(image)), image.dtype)
+    if name == "Posterize":
+        return _from_u8(TF.posterize(_to_u8(image), int(value)), image.dtype)
+    if name == "Solarize":
+        u8 = _to_u8(image)
+        return _from_u8(torch.where(u8 >= int(value), 255 - u8, u8), image.dtype)
+    raise ValueError(f"not a photometric op: {name!r}")
+
+
+def _sharpness(image: Tensor, factor: float) -> Tensor:
+    """PIL ``ImageEnhance.Sharpness``: blend with the SMOOTH filter ([[1,1,1],[1,5,1],[1,1,1]]/13),
+    border pixels kept (as ``TF.adjust_sharpness``, with box sums instead of a slow conv2d)."""
+    if image.shape[-1] < 3 or image.shape[-2] < 3:
+        return image
+    rows = image[..., :-2, :] + image[..., 1:-1, :] + image[..., 2:, :]
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    inner = image[..., 1:-1, 1:-1]
+    smooth = (box + 4.0 * inner) / 13.0
+    out = image.clone()
+    out[..., 1:-1, 1:-1] = smooth.add_(inner - smooth, alpha=factor)
+    return out.clamp_(0.0, 1.0)
+
+
+def _gaussian_blur(image: Tensor, sigma: float = _BLUR_SIGMA, radius: int = _BLUR_KERNEL // 2) -> Tensor:
+    """Separable Gaussian blur with edge replication (PIL's GaussianBlur extends the edge pixels)."""
+    taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float64) ** 2 / (2.0 * sigma ** 2))
+    taps = (taps / taps.sum()).tolist()
+    h, w = image.shape[-2:]
+    x = F.pad(image[None], (radius, radius, radius, radius), mode="replicate")[0]
+    acc = x[..., :, 0:w] * taps[0]
+    for i in range(1, 2 * radius + 1):
+        acc.add_(x[..., :, i:i + w], alpha=taps[i])
+    out = acc[..., 0:h, :] * taps[0]
+    for i in range(1, 2 * radius + 1):
+        out.add_(acc[..., i:i + h, :], alpha=taps[i])
+    return out
+
+
+def _color_jitter(image: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+    b, c, s, hue = (float(f) for f in factors)
+    fns = (
+        lambda x: TF.adjust_brightness(x, b),
+        lambda x: TF.adjust_contrast(x, c),
+        lambda x: TF.adjust_saturation(x, s),
+        lambda x: TF.adjust_hue(x, hue),
+    )
+    for i in order.tolist():
+        image = fns[i](image)
+    return image
+
+
+def apply_strong(image: Tensor, params: ViewParams, fill=127 / 255) -> Tensor:
+    """Replay single-sample strong-view ``params`` on a float [3, H, W] image in [0, 1]."""
+    if image.dim() != 3 or not image.is_floating_point():
+        raise ValueError(f"apply_strong expects a float image [C,H,W], got {tuple(image.shape)} {image.dtype}")
+    fill_t = _fill_tensor(fill, image)
+    steps = params["affine_steps"]
+    if bool(params["flip"]):
+        image = image.flip(-1)  # exact; the same map as steps[0]
+    if bool(params["blur"]):
+        image = _gaussian_blur(image)
+    jit = params["jitter"]
+    if not bool((jit == torch.tensor([1.0, 1.0, 1.0, 0.0])).all()):
+        image = _color_jitter(image, jit, params["jitter_order"])
+    for k, (op, value, applied) in enumerate(zip(params["op_id"].tolist(), params["op_value"].tolist(),
+                                                 params["op_applied"].tolist())):
+        if not applied:
+            continue
+        name = OPS[op]
+        if name in GEOMETRIC_OPS:
+            image = _warp_image(image, steps[k + 1], fill_t)
+        else:
+            image = _photometric(image, name, value)
+    if bool(params["has_cutout"]):
+        h, w = image.shape[-2:]
+        mask = _cutout_mask(params["cutout"][None], params["has_cutout"].reshape(1), h, w)[0]
+        image = torch.where(mask, fill_t, image)
+    return image.clamp(0.0, 1.0).contiguous()
+
+
+class StrongView:
+    """``RandAugmentMC(n_ops, magnitude)`` + cutout (+ CPSL blur / colour jitter), with recorded params.
+
+    ``fill`` is the grey of the geometric ops and the cutout (official (127, 127, 127) / 255).
+    ``blur_p`` / ``jitter`` are CPSL's extras (0.5 / 0.4 there; off by default); the jitter is
+    applied with probability ``jitter_p``. ``pool`` restricts the op pool (names from ``OPS``;
+    default: the whole FixMatch pool). Random draws come from ``generator`` when given, else
+    from torch's global RNG.
+    """
+
+    def __init__(self, n_ops: int = 2, magnitude: int = 10, cutout: bool = True, fill=127 / 255,
+                 flip_p: float = 0.5, blur_p: float = 0.0, jitter: float = 0.0, jitter_p: float = 0.5,
+                 pool: Sequence[str] | None = None):
+        self.n_ops = int(n_ops)
+        self.magnitude = int(magnitude)
+        self.cutout = bool(cutout)
+        self.fill = fill
+        self.flip_p = float(flip_p)
+        self.blur_p = float(blur_p)
+        self.jitter = float(jitter)
+        self.jitter_p = float(jitter_p)
+        self.pool = tuple(OPS if pool is None else pool)
+        if self.n_ops < 0 or not 1 <= self.magnitude <= _PARAMETER_MAX or not self.pool:
+            raise ValueError(f"bad StrongView settings: n_ops={n_ops}, magnitude={magnitude}, pool={pool}")
+        for name in self.pool:
+            if name not in OP_INDEX:
+                raise ValueError(f"unknown op {name!r}; the pool is {OPS}")
+
+    def __repr__(self) -> str:
+        return (f"StrongView(n_ops={self.n_ops}, magnitude={self.magnitude}, cutout={self.cutout}, "
+                f"fill={self.fill}, flip_p={self.flip_p}, blur_p={self.blur_p}, jitter={self.jitter}, "
+                f"jitter_p={self.jitter_p}, pool={self.pool})")
+
+    def sample(self, height: int, width: int, generator: torch.Generator | None = None) -> ViewParams:
+        """Draw the parameters of one strong view of a ``height`` x ``width`` image."""
+        flip = _rand(generator) < self.flip_p
+        blur = self.blur_p > 0 and _rand(generator) < self.blur_p
+        jitter = None
+        if self.jitter > 0 and _rand(generator) < self.jitter_p:
+            j = self.jitter
+            order = torch.randperm(4, generator=generator).tolist()
+            lo = max(0.0, 1.0 - j)
+            facs = [lo + (1.0 + j - lo) * _rand(generator) for _ in range(3)]
+            hj = min(0.5, j)
+            facs.append(-hj + 2.0 * hj * _rand(generator))
+            jitter = (facs, order)
+        ids = torch.randint(0, len(self.pool), (self.n_ops,), generator=generator).tolist()
+        names, values, applied, mags = [], [], [], []
+        for i in ids:
+            name = self.pool[i]
+            v = _randint(1, max(1, self.magnitude - 1), generator)
+            on = _rand(generator) < 0.5
+            negative = name in _SIGNED_OPS and _rand(generator) < 0.5
+            names.append(name)
+            values.append(op_value(name, v, height, width, negative))
+            applied.append(on)
+            mags.append(v)
+        box = None
+        if self.cutout:
+            side = min(width, height) // 3
+            cx = _rand(generator) * width
+            cy = _rand(generator) * height
+            x0 = int(max(0.0, cx - side / 2.0))
+            y0 = int(max(0.0, cy - side / 2.0))
+            box = (x0, y0, int(min(width, x0 + side)), int(min(height, y0 + side)))
+        return strong_params(height, width, list(zip(names, values)), flip=flip, cutout=box, blur=blur,
+                             jitter=jitter, magnitudes=mags, applied=applied)
+
+    def apply(self, image: Tensor, params: ViewParams) -> Tensor:
+        """Replay ``params`` on a float [3, H, W] image."""
+        return apply_strong(image, params, self.fill)
+
+    def __call__(self, image: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, ViewParams]:
+        """image float[3,H,W] in [0, 1] -> (strong image float[3,H,W], params)."""
+        if image.dim() != 3:
+            raise ValueError(f"StrongView expects an image of shape [C,H,W], got {tuple(image.shape)}")
+        params = self.sample(image.shape[-2], image.shape[-1], generator)
+        return self.apply(image, params), params
+
+
+# ----------------------------------------------------------------------------------------------
+# the map side
+
+
+def warp_to_strong(x: Tensor, params: ViewParams, mode: str = "nearest", fill=IGNORE_INDEX) -> Tensor:
+    """Warp maps aligned with the weak crop exactly as the strong view warped the image.
+
+    ``x``: [N, C, h, w] or [N, h, w] with the collated params of N samples, or [C, h, w] / [h, w]
+    with single-sample params; any resolution (the params are in normalised coordinates, so a
+    1/4-resolution label or an OS8 feature map is warped by the same fractions of its size).
+    The flip and the geometric ops are replayed in the order applied (as one composed
+    ``grid_sample``), then the cutout. ``mode="nearest"`` works on any dtype (labels); ``"bilinear"``
+    needs a float map. Pixels whose source left the image at any step (where the image got the
+    grey fill), or that lie in the cutout box, get ``fill``; the caller of a float map can pass a
+    sentinel fill and use it as a mask.
+    """
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    steps, box, has = params["affine_steps"], params["cutout"], params["has_cutout"]
+    batched = steps.dim() == 4
+    squeeze_channel = x.dim() == (3 if batched else 2)
+    if squeeze_channel:
+        x = x.unsqueeze(-3)
+    if not batched:
+        x, steps, box, has = x[None], steps[None], box[None], has.reshape(1)
+    if x.dim() != 4 or x.shape[0] != steps.shape[0]:
+        raise ValueError(f"warp_to_strong: map of shape {tuple(x.shape)} does not match params for "
+                         f"{steps.shape[0]} sample(s)")
+    if mode == "bilinear" and not x.is_floating_point():
+        raise ValueError(f"warp_to_strong: mode 'bilinear' needs a float map, got {x.dtype}")
+    n, _, h, w = x.shape
+    dev = x.device
+    steps, box, has = steps.to(dev, torch.float64), box.to(dev), has.to(dev)
+    work = x if x.is_floating_point() else x.to(torch.float32)
+    gdtype = work.dtype if work.dtype in (torch.float32, torch.float64) else torch.float32
+
+    # the point an output pixel samples in the input of step k is A_k @ ... @ A_last @ p; the image
+    # got the fill wherever any of these left the image
+    valid = None
+    suffix = None
+    for k in range(steps.shape[1] - 1, -1, -1):
+        suffix = steps[:, k] if suffix is None else _mul(steps[:, k], suffix)
+        grid = _grid(suffix.to(gdtype), n, h, w)
+        inside = _inside(grid)
+        valid = inside if valid is None else valid & inside
+    out = F.grid_sample(work.to(gdtype), grid, mode=mode, padding_mode="border", align_corners=False)
+    out = out.to(x.dtype) if not x.is_floating_point() else out.to(work.dtype)
+    drop = ~valid | _cutout_mask(box, has, h, w)
+    out = out.masked_fill(drop[:, None], fill).contiguous()
+    if not batched:
+        out = out[0]
+    if squeeze_channel:
+        out = out.squeeze(-3)
+    return out
