@@ -1,0 +1,38 @@
+"""Pretrain the DeepLabV2 backbone with SimCLR on target (and source) images (the `simclr` rule).
+
+Writes {"state_dict": backbone weights in DeepLabV2 key names, "meta": {...}}, the format
+that the student initialisation of ProDA stages 2 and 3 reads (load_simclr_backbone).
+"""
+import argparse
+import json
+
+import torch
+
+from segcore.train import simclr_loop
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--images", required=True,
+                   help='JSON list of image sets: [{"manifest": ..., "split": ..., "resize": [W, H] or null}, ...]')
+    p.add_argument("--arch", required=True)
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--options", default="{}", help="JSON overrides of simclr_loop.DEFAULT_OPTIONS")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--workdir", required=True, help="folder of the rolling resume state")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    images = json.loads(a.images)
+    if isinstance(images, dict):
+        images = [images]
+    job = simclr_loop.SimCLRJob(images=images, arch=a.arch, num_classes=a.num_classes,
+                                options=json.loads(a.options), seed=a.seed, out=a.out, workdir=a.workdir,
+                                num_workers=a.workers)
+    simclr_loop.run(job, log=lambda s: print(s, flush=True))
+
+
+if __name__ == "__main__":
+    main()
