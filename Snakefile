@@ -11,6 +11,8 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/source.smk"
+include: "rules/pseudo.smk"
+include: "rules/proda.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

@@ -21,10 +21,13 @@ WORKDIR = config["workdir"]
 SCRIPTS = str(Path(workflow.basedir) / "workflow_scripts")
 
 # rows of the results table: run folder -> (method, stage)
-BASELINE_RUNS = {
-    "source_only": ("source_only", "final"),
+TABLE_RUNS = {
+    "source_only": ("source_only", "source_only"),
     "warmup": ("proda", "warmup"),
-    "oracle": ("oracle", "final"),
+    "proda/stage1": ("proda", "stage1"),
+    "proda/stage2": ("proda", "stage2"),
+    "proda/stage3": ("proda", "stage3"),
+    "oracle": ("oracle", "oracle"),
 }
 
 
@@ -32,6 +35,7 @@ wildcard_constraints:
     chain="|".join(config["chains"]),
     dataset="|".join(DATASETS),
     run="[a-z0-9_]+(/[a-z0-9_]+)*",
+    method="proda|cpsl",
 
 
 def chain_cfg(name):
@@ -49,10 +53,7 @@ def data_spec(dataset, split):
 
 
 def stage_options_json(stage):
-    opts = segconfig.stage_options(config, stage)
-    if stage == "warmup":
-        opts.update({k: config["warmup"][k] for k in segconfig.WARMUP_ONLY_KEYS if k != "mode"})
-    return json.dumps(opts, sort_keys=True)
+    return json.dumps(segconfig.stage_options(config, stage), sort_keys=True)
 
 
 def imagenet_input():
@@ -77,5 +78,9 @@ CODE_DATA = ["segcore/data/classes.py", "segcore/data/io.py", "segcore/data/conv
              "segcore/data/layouts.py", "workflow_scripts/convert.py"]
 CODE_TRAIN = ["segcore/data", "segcore/models", "segcore/train", "segcore/methods/warmup.py",
               "segcore/atomic.py", "workflow_scripts/train_source.py"]
+CODE_PSEUDO = ["segcore/data", "segcore/models", "segcore/pseudo", "segcore/methods/warmup.py",
+               "workflow_scripts/pseudo_labels.py", "workflow_scripts/init_prototypes.py"]
+CODE_STAGE1 = CODE_TRAIN + ["segcore/methods", "segcore/pseudo", "workflow_scripts/train_proda_stage1.py"]
+CODE_DISTILL = CODE_TRAIN + ["segcore/methods", "segcore/pseudo/store.py", "workflow_scripts/train_distill.py"]
 CODE_EVAL = ["segcore/data", "segcore/models", "segcore/metrics.py", "segcore/evaluate.py",
              "workflow_scripts/evaluate.py"]

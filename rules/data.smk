@@ -16,17 +16,19 @@ if config["demo"]["enabled"]:
                 directory(raw_root(_ds)),
             params:
                 dataset=_ds,
-                count=_demo.get("count", _demo.get("train_count")),
+                n_images=_demo.get("count", _demo.get("train_count")),
                 val_count=_demo.get("val_count", 0),
                 size=_demo["size"],
                 seed=config["demo"]["seed"],
+                shift=config["demo"]["shift"],
                 code=code_version("segcore/data/demo.py", "segcore/data/demo_scenes.py", "segcore/data/io.py"),
             log:
                 f"logs/demo/{_ds}.log",
             shell:
                 "python {SCRIPTS:q}/make_demo.py --dataset {params.dataset} --root {output:q}"
-                " --count {params.count} --val-count {params.val_count}"
-                " --size {params.size[0]} {params.size[1]} --seed {params.seed} > {log:q} 2>&1"
+                " --count {params.n_images} --val-count {params.val_count}"
+                " --size {params.size[0]} {params.size[1]} --seed {params.seed} --shift {params.shift}"
+                " > {log:q} 2>&1"
 
 
 rule convert:

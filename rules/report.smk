@@ -3,7 +3,7 @@
 
 def table_runs():
     """(chain, run, method, stage) of every evaluated checkpoint that has a row."""
-    return [(c, run, m, s) for c in CHAINS for run, (m, s) in BASELINE_RUNS.items()]
+    return [(c, run, m, s) for c in CHAINS for run, (m, s) in TABLE_RUNS.items()]
 
 
 def table_entry_args():

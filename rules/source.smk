@@ -6,8 +6,8 @@ def train_shell(mode, labelled, unlabelled=None):
     cmd = (
         "python {SCRIPTS:q}/train_source.py --mode " + mode +
         " --labelled {params.labelled:q} --num-classes {params.num_classes}"
-        " --arch {params.arch} --imagenet-weights {params.imagenet:q} --options {params.options:q}"
-        " --seed {params.seed} --out {output.model:q} --workdir {params.workdir:q} --threads {threads}"
+        " --arch {params.arch} {params.imagenet} --options {params.options:q}"
+        " --seed {params.seed} --out {output.model:q} --workdir {params.resume_dir:q} --threads {threads}"
     )
     if unlabelled:
         cmd += " --unlabelled {params.unlabelled:q}"
@@ -18,10 +18,11 @@ def _common_params(stage):
     return dict(
         num_classes=lambda wc: chain_cfg(wc.chain)["num_classes"],
         arch=config["model"]["arch"],
-        imagenet=config["model"]["imagenet_weights"] or "",
+        imagenet=("--imagenet-weights " + shlex.quote(config["model"]["imagenet_weights"]))
+        if config["model"]["imagenet_weights"] else "",
         options=stage_options_json(stage),
         seed=config["seed"],
-        workdir=lambda wc: f"{WORKDIR}/{wc.chain}/{stage}",
+        resume_dir=lambda wc: f"{WORKDIR}/{wc.chain}/{stage}",
         code=code_version(*CODE_TRAIN),
     )
 
@@ -92,3 +93,35 @@ else:
             "logs/warmup/{chain}.log",
         shell:
             "cp {input:q} {output.model:q} 2> {log:q}"
+
+
+def simclr_weights(wc):
+    """The stage-2 student's initialisation: a configured SimCLR file, or our own rule's."""
+    return config["simclr"]["weights"] or f"results/{wc.chain}/simclr/backbone.pt"
+
+
+rule simclr:
+    """Self-supervised SimCLR pretraining of the backbone on the chain's target and source
+    images, used when no SimCLR weights file is configured (the demo)."""
+    input:
+        source=lambda wc: manifest(chain_cfg(wc.chain)["source"]),
+        target=lambda wc: manifest(chain_cfg(wc.chain)["target"]),
+    output:
+        model="results/{chain}/simclr/backbone.pt",
+    params:
+        images=lambda wc: "[" + data_spec(chain_cfg(wc.chain)["target"], "train") + ", "
+        + data_spec(chain_cfg(wc.chain)["source"], "train") + "]",
+        num_classes=lambda wc: chain_cfg(wc.chain)["num_classes"],
+        arch=config["model"]["arch"],
+        options=json.dumps(config["simclr"]["options"], sort_keys=True),
+        seed=config["seed"],
+        resume_dir=lambda wc: f"{WORKDIR}/{wc.chain}/simclr",
+        code=code_version("segcore/methods/simclr.py", "segcore/train/simclr_loop.py", "segcore/models",
+                          "segcore/data/datasets.py", "workflow_scripts/train_simclr.py"),
+    threads: 1
+    log:
+        "logs/simclr/{chain}.log",
+    shell:
+        "python {SCRIPTS:q}/train_simclr.py --images {params.images:q} --arch {params.arch}"
+        " --num-classes {params.num_classes} --options {params.options:q} --seed {params.seed}"
+        " --out {output.model:q} --workdir {params.resume_dir:q} --threads {threads} > {log:q} 2>&1"

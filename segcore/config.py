@@ -12,8 +12,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "rules" / "schemas" / "config.schema.yaml"
-TRAIN_STAGES = ("source_only", "oracle", "warmup")
-WARMUP_ONLY_KEYS = ("mode", "adv_weight", "disc_lr", "disc_betas")
+TRAIN_STAGES = ("source_only", "oracle", "warmup", "proda.stage1", "proda.stage2", "proda.stage3")
 
 
 class ConfigError(ValueError):
@@ -67,17 +66,21 @@ def validate(config: dict, schema: dict | None = None) -> dict:
             raise ConfigError(f"config key 'chains.{name}.num_classes': SYNTHIA chains use the 16-class protocol, got {chain['num_classes']}")
     # every stage's merged options must be valid training options too
     train_schema = dict(schema["$defs"]["train_options"], **{"$defs": schema["$defs"]})
+    train_keys = set(schema["$defs"]["train_options"]["properties"])
     for stage in TRAIN_STAGES:
-        _first_error(Draft202012Validator(train_schema), stage_options(config, stage, _validated=False), where=f"{stage}.")
+        merged = {k: v for k, v in stage_options(config, stage).items() if k in train_keys}
+        _first_error(Draft202012Validator(train_schema), merged, where=f"{stage}.")
     return config
 
 
-def stage_options(config: dict, stage: str, _validated: bool = True) -> dict:
-    """The training options of one stage: `train` with the stage's own keys on top."""
+def stage_options(config: dict, stage: str) -> dict:
+    """The options of one stage ("warmup", "proda.stage1", ...): `train` with every key of
+    the stage's own section on top (its overrides and its method options)."""
+    section = config
+    for part in stage.split("."):
+        section = section.get(part, {})
     opts = copy.deepcopy(config["train"])
-    for key, value in config.get(stage, {}).items():
-        if key not in WARMUP_ONLY_KEYS and value is not None:
-            opts[key] = value
+    opts.update({k: copy.deepcopy(v) for k, v in section.items() if v is not None})
     return opts
 
 

@@ -26,8 +26,17 @@ def test_every_schema_key_has_description_and_default():
     schema = C.load_schema()
     missing = []
 
+    def resolve(sub):  # a local $ref's description/default count as the key's own
+        if "$ref" in sub:
+            target = schema
+            for part in sub["$ref"].lstrip("#/").split("/"):
+                target = target[part]
+            sub = {**resolve(target), **sub}
+        return sub
+
     def walk(node, path):
         for name, sub in node.get("properties", {}).items():
+            sub = resolve(sub)
             if "description" not in sub or "default" not in sub:
                 missing.append(f"{path}{name}")
             walk(sub, f"{path}{name}.")
@@ -43,7 +52,11 @@ def test_stage_options_merge_overrides(cfg):
     C.validate(cfg)
     assert C.stage_options(cfg, "oracle")["iterations"] == 7
     assert C.stage_options(cfg, "source_only")["iterations"] == cfg["train"]["iterations"]
-    assert "mode" not in C.stage_options(cfg, "warmup")
+    assert C.stage_options(cfg, "warmup")["adv_weight"] == 0.01
+    cfg["proda"]["stage1"] = {"proto_consistW": 3.0}
+    C.validate(cfg)
+    s1 = C.stage_options(cfg, "proda.stage1")
+    assert s1["proto_consistW"] == 3.0 and s1["lr"] == 1e-4 and s1["batch_size"] == cfg["train"]["batch_size"]
 
 
 @pytest.mark.parametrize(

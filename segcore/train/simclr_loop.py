@@ -28,7 +28,7 @@ the contrastive loss does not go down in a few hundred iterations. ``init: offic
 Options: ``DEFAULT_OPTIONS`` below; ``job.options`` overrides them, and an unknown key is an
 error (a misspelt option would otherwise be silently ignored).
 
-Data order and views are pure functions of (seed, iteration) (``SeededBatchSampler`` hands each
+Data order and views are pure functions of (seed, iteration) (``infinite_loader`` hands each
 sample a view seed), and the rolling resume state in ``workdir`` holds the model, head,
 optimiser, RNG states and loss history, so a resumed run continues exactly where the
 interrupted one stopped.
@@ -44,12 +44,11 @@ from pathlib import Path
 import torch
 
 from ..atomic import save_torch
-from ..data.datasets import SegmentationDataset
+from ..data.datasets import SegmentationDataset, infinite_loader
 from ..methods.simclr import Backbone, SimCLRAugment, SimCLRNet, nt_xent
 from ..models.deeplabv2 import build_deeplabv2
 from .resume import RollingState, fingerprint
 from .rng import get_rng_state, seed_everything, set_rng_state
-from .sampling import SeededBatchSampler
 
 DEFAULT_OPTIONS: dict = {
     "iterations": 300,
@@ -196,8 +195,7 @@ def run(job: SimCLRJob, log=print, on_iteration=None) -> dict:
         log(f"resumed from {state.path} at iteration {start}")
 
     data = TwoViewImages(job.images, job.num_classes, augment_from(opts))
-    sampler = SeededBatchSampler(len(data), opts["batch_size"], job.seed, start_iter=start)
-    batches = iter(torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=job.num_workers))
+    batches = infinite_loader(data, opts["batch_size"], job.seed, num_workers=job.num_workers, start=start)
 
     total = int(opts["iterations"])
     warmup = int(round(opts["warmup"] * total))

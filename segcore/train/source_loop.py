@@ -6,22 +6,21 @@ the optional discriminator; the losses live in ``segcore.methods.warmup``.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import torch
 
 from ..data.classes import class_names
-from ..data.datasets import SegmentationDataset
+from ..data.datasets import SegmentationDataset, infinite_loader
 from ..data.transforms import WeakView
 from ..methods import warmup as W
 from ..models.checkpoint import save_model
-from ..models.deeplabv2 import build_deeplabv2, param_groups
+from ..models.deeplabv2 import build_deeplabv2
 from ..models.discriminator import FCDiscriminator
 from ..models.weights import load_imagenet_backbone
+from .common import Progress, freeze_bn, make_sgd
 from .resume import RollingState, fingerprint
 from .rng import get_rng_state, seed_everything, set_rng_state
-from .sampling import SeededBatchSampler
 from .schedule import poly_factor, set_lr
 
 MODES = ("source_only", "oracle", "adversarial")
@@ -50,16 +49,7 @@ def _view(opts) -> WeakView:
 def _loader(spec: dict, num_classes: int, opts: dict, seed: int, start: int, with_labels: bool, workers: int):
     ds = SegmentationDataset(spec["manifest"], spec["split"], num_classes, resize=spec.get("resize"),
                              transform=_view(opts), with_labels=with_labels)
-    sampler = SeededBatchSampler(len(ds), opts["batch_size"], seed, start_iter=start)
-    return iter(torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers))
-
-
-def _freeze_bn(model) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
+    return infinite_loader(ds, opts["batch_size"], seed, num_workers=workers, start=start)
 
 
 def run(job: SupervisedJob, log=print) -> dict:
@@ -72,8 +62,7 @@ def run(job: SupervisedJob, log=print) -> dict:
     if job.imagenet_weights:
         load_imagenet_backbone(model, job.imagenet_weights)
         init = "imagenet"
-    optimizer = torch.optim.SGD(param_groups(model, opts["lr"], opts["head_lr_mult"]), lr=opts["lr"],
-                                momentum=opts["momentum"], weight_decay=opts["weight_decay"])
+    optimizer = make_sgd(model, opts)
     adversarial = job.mode == "adversarial"
     if adversarial:
         disc = FCDiscriminator(job.num_classes)
@@ -102,8 +91,8 @@ def run(job: SupervisedJob, log=print) -> dict:
     total, horizon = opts["iterations"], opts["poly_horizon"] or opts["iterations"]
     model.train()
     if opts["freeze_bn"]:
-        _freeze_bn(model)
-    t0, it = time.time(), start
+        freeze_bn(model)
+    progress = Progress(total, start, opts["log_every"], log)
     for it in range(start, total):
         factor = poly_factor(it, horizon, opts["poly_power"])
         set_lr(optimizer, factor)
@@ -133,10 +122,7 @@ def run(job: SupervisedJob, log=print) -> dict:
             d_opt.step()
             logs["disc"] = d_loss.detach()
         done = it + 1
-        if done % opts["log_every"] == 0 or done == total:
-            rate = (done - start) / max(time.time() - t0, 1e-9)
-            log(f"it {done}/{total} lr {optimizer.param_groups[0]['lr']:.2e} "
-                + " ".join(f"{k} {v.item():.4f}" for k, v in logs.items()) + f" ({rate:.1f} it/s)")
+        progress(done, optimizer.param_groups[0]["lr"], logs)
         if state.due(done) and done < total:
             snap = {"iteration": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "rng": get_rng_state()}

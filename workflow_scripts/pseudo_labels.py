@@ -1,0 +1,45 @@
+"""Pseudo-labels of a checkpoint on the target train split, into an HDF5 store
+(rules/pseudo.smk): soft (softmax at the output stride) or hard (flip-averaged argmax and
+confidence at full resolution)."""
+import argparse
+import json
+
+import torch
+
+from segcore.data.datasets import SegmentationDataset
+from segcore.models.checkpoint import load_model
+from segcore.pseudo.generate import generate_hard, generate_soft
+from segcore.pseudo.store import HardWriter, SoftWriter
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--kind", required=True, choices=("soft", "hard"))
+    p.add_argument("--model", required=True)
+    p.add_argument("--target", required=True, help="JSON: manifest, split, resize")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--encoding", default="float16", help="soft store encoding (float16 or topk)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    spec = json.loads(a.target)
+    model, _ = load_model(a.model, expect_num_classes=a.num_classes)
+    ds = SegmentationDataset(spec["manifest"], spec["split"], a.num_classes, resize=spec["resize"], with_labels=False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    h, w = ds.load_image(0).shape[-2:]
+    if a.kind == "soft":
+        with torch.no_grad():
+            oh, ow = model.eval()(torch.zeros(1, 3, h, w, device=device))["out"].shape[-2:]
+        with SoftWriter(a.out, ds.keys, a.num_classes, (oh, ow), encoding=a.encoding) as writer:
+            generate_soft(model, ds, writer, batch_size=a.batch_size, device=device)
+    else:
+        with HardWriter(a.out, ds.keys, (h, w), num_classes=a.num_classes, conf_encoding="float16") as writer:
+            generate_hard(model, ds, writer, batch_size=a.batch_size, flip=True, device=device)
+    print(f"{a.out}: {a.kind} pseudo-labels of {len(ds)} images", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""ProDA/CPSL stage 2 or 3: distillation of a stage's model into a student (rules/proda.smk)."""
+import argparse
+import json
+
+import torch
+
+from segcore.train import distill_loop
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--stage", required=True)
+    p.add_argument("--source", required=True, help="JSON: manifest, split, resize of the labelled source set")
+    p.add_argument("--target", required=True, help="JSON: manifest, split, resize of the target train set")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--options", required=True, help="JSON of the stage's options")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--hard-labels", required=True)
+    p.add_argument("--student-init", required=True)
+    p.add_argument("--init-kind", required=True, choices=("simclr", "checkpoint"))
+    p.add_argument("--out", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    job = distill_loop.DistillJob(
+        source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes, arch=a.arch,
+        options=json.loads(a.options), seed=a.seed, teacher=a.teacher, hard_labels=a.hard_labels,
+        student_init=a.student_init, init_kind=a.init_kind, stage=a.stage, out=a.out, workdir=a.workdir)
+    distill_loop.run(job, log=lambda s: print(s, flush=True))
+
+
+if __name__ == "__main__":
+    main()
