@@ -17,6 +17,16 @@ except segconfig.ConfigError as err:
 CHAINS = config["run_chains"]
 DATASETS = sorted({d for c in config["chains"].values() for d in (c["source"], c["target"])})
 WORKDIR = config["workdir"]
+
+
+def repo_path(path):
+    """A config path relative to the working directory, else to this repository (shipped files)."""
+    if path is None or Path(path).is_absolute() or Path(path).exists():
+        return path
+    return str(Path(workflow.basedir) / path)
+
+
+PUBLISHED = repo_path(config["published_results"])
 # scripts by absolute path, so the workflow also runs with --directory elsewhere
 SCRIPTS = str(Path(workflow.basedir) / "workflow_scripts")
 

@@ -16,7 +16,7 @@ def table_entry_args():
 rule results_table:
     input:
         metrics=[f"results/{c}/eval/{run}.json" for c, run, _, _ in table_runs()],
-        published=[config["published_results"]] if config["published_results"] else [],
+        published=[PUBLISHED] if PUBLISHED else [],
     output:
         csv="results/tables/results.csv",
         md="results/tables/results.md",

@@ -1,0 +1,92 @@
+"""The whole workflow on a tiny config: every rule of both chains runs, the results table is
+right, and a second run has nothing to do."""
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from segcore.data.classes import CLASSES19
+from workflow_helpers import planned_jobs, snakemake, tiny_config, write_config
+
+RUNS = {("source_only", "source_only"): "source_only", ("proda", "warmup"): "warmup",
+        ("proda", "stage1"): "proda/stage1", ("proda", "stage2"): "proda/stage2",
+        ("proda", "stage3"): "proda/stage3", ("oracle", "oracle"): "oracle"}
+CHAINS = ("gta5_to_cityscapes", "synthia_to_cityscapes")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("wf with space")  # paths with spaces must survive the shell
+    write_config(work, tiny_config())
+    proc = snakemake(work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work
+
+
+def test_table_has_every_row_with_values_from_the_metrics(tiny_run):
+    table = pd.read_csv(tiny_run / "results/tables/results.csv")
+    assert (tiny_run / "results/tables/results.md").read_text().count("\n") >= len(CHAINS) * len(RUNS)
+    assert len(table) == len(CHAINS) * len(RUNS)
+    for chain in CHAINS:
+        for (method, stage), run in RUNS.items():
+            row = table[(table.chain == chain) & (table.method == method) & (table.stage == stage)]
+            assert len(row) == 1, (chain, method, stage)
+            row = row.iloc[0]
+            metrics = json.loads((tiny_run / f"results/{chain}/eval/{run}.json").read_text())
+            key = "mIoU19" if chain.startswith("gta5") else "mIoU16"
+            assert row.metric == key
+            assert 0.0 <= row.mIoU <= 100.0
+            assert row.mIoU == pytest.approx(metrics[key])
+            assert metrics["images"] == 4  # the whole val split
+            for name, value in metrics["iou"].items():
+                if value is not None:
+                    assert row[f"iou_{name}"] == pytest.approx(value)
+            if key == "mIoU16":
+                assert row.mIoU13 == pytest.approx(metrics["mIoU13"])
+                assert math.isnan(row.iou_terrain) and math.isnan(row.iou_train)
+            else:
+                assert math.isnan(row.mIoU13)
+
+
+def test_published_numbers_beside_ours(tiny_run):
+    table = pd.read_csv(tiny_run / "results/tables/results.csv").set_index(["chain", "method", "stage"])
+    assert table.loc[("gta5_to_cityscapes", "proda", "stage3"), "published"] == 57.5
+    assert table.loc[("synthia_to_cityscapes", "proda", "stage3"), "published_mIoU13"] == 62.0
+    assert math.isnan(table.loc[("gta5_to_cityscapes", "oracle", "oracle"), "published"])
+
+
+def test_artifacts_in_declared_layout_and_nothing_half_written(tiny_run):
+    for chain in CHAINS:
+        for rel in ("warmup/model.pt", "warmup/soft_labels.h5", "warmup/prototypes.pt", "simclr/backbone.pt",
+                    "proda/stage1/hard_labels.h5", "proda/stage2/hard_labels.h5", "proda/stage3/model.pt"):
+            assert (tiny_run / "results" / chain / rel).is_file(), rel
+    for ds in ("gta5", "synthia", "cityscapes"):
+        manifest = pd.read_csv(tiny_run / f"results/data/{ds}/manifest.csv")
+        assert len(manifest) == (12 if ds == "cityscapes" else 8)
+        stats = json.loads((tiny_run / f"results/data/{ds}/class_stats.json").read_text())
+        assert stats["classes"] == list(CLASSES19)
+    leftovers = [p for p in (tiny_run / "results").rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+    assert not list((tiny_run / "work").rglob("resume.pt"))  # rolling state is removed once a stage is done
+
+
+def test_second_run_has_nothing_to_do(tiny_run):
+    proc = snakemake(tiny_run, "-n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_changing_a_stage_parameter_reruns_that_stage_and_what_follows(tiny_run):
+    cfg = tiny_config()
+    cfg["proda"]["stage2"]["distillation"] = 0.5
+    write_config(tiny_run, cfg)
+    try:
+        proc = snakemake(tiny_run, "-n", "--quiet", "rules")
+    finally:
+        write_config(tiny_run, tiny_config())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # stage 2 of both chains, the stage-2 and stage-3 pseudo-labels, stage 3, their evaluations
+    assert planned_jobs(proc.stdout) == {"distill_stage2": 2, "hard_labels": 2, "distill_stage3": 2,
+                                         "evaluate": 4, "results_table": 1, "all": 1}
