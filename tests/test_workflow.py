@@ -2,7 +2,6 @@
 right, and a second run has nothing to do."""
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest

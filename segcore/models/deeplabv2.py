@@ -20,7 +20,6 @@ fewer blocks, narrower channels and smaller head dilations.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch

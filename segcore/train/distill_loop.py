@@ -4,19 +4,18 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..data.datasets import SegmentationDataset, infinite_loader
+from ..data.datasets import infinite_loader
 from ..data.strong_view import StrongView
 from ..data.target_views import TargetViews
-from ..data.transforms import WeakView
 from ..methods.distill import distill_target_loss
 from ..methods.warmup import segmentation_loss
 from ..models.checkpoint import load_model, save_model
 from ..models.deeplabv2 import build_deeplabv2
 from ..models.weights import load_simclr_backbone
 from ..pseudo.store import HardStore
-from .common import Progress, freeze_bn, make_sgd
+from .common import Progress, freeze_bn, image_set, labelled_set, make_sgd, restore, snapshot, weak_view
 from .resume import RollingState, fingerprint
-from .rng import get_rng_state, seed_everything, set_rng_state
+from .rng import seed_everything
 from .schedule import poly_factor, set_lr
 
 
@@ -38,11 +37,6 @@ class DistillJob:
     num_workers: int = 0
 
 
-def _weak(opts) -> WeakView:
-    return WeakView(base_width=opts["base_width"], crop=tuple(opts["crop"]), scale_range=tuple(opts["scale_range"]),
-                    flip_p=opts["flip"])
-
-
 def build_student(job: DistillJob):
     if job.init_kind == "checkpoint":  # stage 3 starts from the stage-2 student, as the official code
         return load_model(job.student_init, expect_num_classes=job.num_classes)[0]
@@ -59,25 +53,17 @@ def run(job: DistillJob, log=print) -> dict:
     teacher.eval().requires_grad_(False)
     optimizer = make_sgd(student, opts)
 
-    src = SegmentationDataset(job.source["manifest"], job.source["split"], job.num_classes,
-                              resize=job.source["resize"], transform=_weak(opts))
-    base = SegmentationDataset(job.target["manifest"], job.target["split"], job.num_classes,
-                               resize=job.target["resize"], with_labels=False)
+    src = labelled_set(job.source, job.num_classes, opts)
+    base = image_set(job.target, job.num_classes)
     hard = HardStore(job.hard_labels, expect_keys=base.keys, expect_classes=job.num_classes)
     strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"])
-    tgt = TargetViews(base, _weak(opts), strong, hard_store=hard, threshold=opts["threshold"],
+    tgt = TargetViews(base, weak_view(opts), strong, hard_store=hard, threshold=opts["threshold"],
                       label_stride=opts["label_stride"], keep_full=False)
 
     state = RollingState(Path(job.workdir) / "resume.pt", opts["checkpoint_every"],
                          fingerprint(dataclasses.asdict(job) | {"workdir": None, "num_workers": None}))
-    start = 0
-    resumed = state.load()
-    if resumed is not None:
-        student.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        set_rng_state(resumed["rng"])
-        start = resumed["iteration"]
-        log(f"resumed from {state.path} at iteration {start}")
+    parts = {"model": student, "optimizer": optimizer}
+    start = restore(state, parts, log)
 
     src_iter = infinite_loader(src, opts["batch_size"], job.seed, num_workers=job.num_workers, start=start)
     tgt_iter = infinite_loader(tgt, opts["batch_size"], job.seed + 1, num_workers=job.num_workers, start=start)
@@ -98,8 +84,7 @@ def run(job: DistillJob, log=print) -> dict:
         done = it + 1
         progress(done, optimizer.param_groups[0]["lr"], {"src": loss_src.detach(), **logs})
         if state.due(done) and done < total:
-            state.save({"iteration": done, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                        "rng": get_rng_state()})
+            snapshot(state, done, parts)
 
     meta = {"arch": job.arch, "num_classes": job.num_classes, "bn_clr": True,
             "classes": load_model(job.teacher)[1]["classes"], "stage": job.stage, "iterations": total,

@@ -12,15 +12,14 @@ import torch
 
 from ..data.classes import class_names
 from ..data.datasets import SegmentationDataset, infinite_loader
-from ..data.transforms import WeakView
 from ..methods import warmup as W
 from ..models.checkpoint import save_model
 from ..models.deeplabv2 import build_deeplabv2
 from ..models.discriminator import FCDiscriminator
 from ..models.weights import load_imagenet_backbone
-from .common import Progress, freeze_bn, make_sgd
+from .common import Progress, freeze_bn, make_sgd, restore, snapshot, weak_view
 from .resume import RollingState, fingerprint
-from .rng import get_rng_state, seed_everything, set_rng_state
+from .rng import seed_everything
 from .schedule import poly_factor, set_lr
 
 MODES = ("source_only", "oracle", "adversarial")
@@ -41,14 +40,9 @@ class SupervisedJob:
     num_workers: int = 0
 
 
-def _view(opts) -> WeakView:
-    return WeakView(base_width=opts["base_width"], crop=tuple(opts["crop"]),
-                    scale_range=tuple(opts["scale_range"]), flip_p=opts["flip"])
-
-
 def _loader(spec: dict, num_classes: int, opts: dict, seed: int, start: int, with_labels: bool, workers: int):
     ds = SegmentationDataset(spec["manifest"], spec["split"], num_classes, resize=spec.get("resize"),
-                             transform=_view(opts), with_labels=with_labels)
+                             transform=weak_view(opts), with_labels=with_labels)
     return infinite_loader(ds, opts["batch_size"], seed, num_workers=workers, start=start)
 
 
@@ -72,17 +66,10 @@ def run(job: SupervisedJob, log=print) -> dict:
 
     state = RollingState(Path(job.workdir) / "resume.pt", opts["checkpoint_every"],
                          fingerprint([dataclasses.asdict(job) | {"workdir": None, "num_workers": None}]))
-    start = 0
-    resumed = state.load()
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        if adversarial:
-            disc.load_state_dict(resumed["disc"])
-            d_opt.load_state_dict(resumed["d_opt"])
-        set_rng_state(resumed["rng"])
-        start = resumed["iteration"]
-        log(f"resumed from {state.path} at iteration {start}")
+    parts = {"model": model, "optimizer": optimizer}
+    if adversarial:
+        parts |= {"disc": disc, "d_opt": d_opt}
+    start = restore(state, parts, log)
 
     labelled = _loader(job.labelled, job.num_classes, opts, job.seed, start, True, job.num_workers)
     if adversarial:
@@ -124,11 +111,7 @@ def run(job: SupervisedJob, log=print) -> dict:
         done = it + 1
         progress(done, optimizer.param_groups[0]["lr"], logs)
         if state.due(done) and done < total:
-            snap = {"iteration": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "rng": get_rng_state()}
-            if adversarial:
-                snap |= {"disc": disc.state_dict(), "d_opt": d_opt.state_dict()}
-            state.save(snap)
+            snapshot(state, done, parts)
 
     meta = {"arch": job.arch, "num_classes": job.num_classes, "bn_clr": False,
             "classes": list(class_names(job.num_classes)), "stage": job.mode, "init": init,
