@@ -87,10 +87,14 @@ def code_version(*paths):
 CODE_DATA = ["segcore/data/classes.py", "segcore/data/io.py", "segcore/data/convert.py",
              "segcore/data/layouts.py", "workflow_scripts/convert.py"]
 CODE_TRAIN = ["segcore/data", "segcore/models", "segcore/train", "segcore/methods/warmup.py",
-              "segcore/atomic.py", "workflow_scripts/train_source.py"]
-CODE_PSEUDO = ["segcore/data", "segcore/models", "segcore/pseudo", "segcore/methods/warmup.py",
+              "segcore/atomic.py", "segcore/preflight.py", "workflow_scripts/train_source.py"]
+CODE_PSEUDO = ["segcore/data", "segcore/models", "segcore/pseudo", "segcore/methods/warmup.py", "segcore/preflight.py",
                "workflow_scripts/pseudo_labels.py", "workflow_scripts/init_prototypes.py"]
-CODE_STAGE1 = CODE_TRAIN + ["segcore/methods", "segcore/pseudo", "workflow_scripts/train_proda_stage1.py"]
-CODE_DISTILL = CODE_TRAIN + ["segcore/methods", "segcore/pseudo/store.py", "workflow_scripts/train_distill.py"]
-CODE_EVAL = ["segcore/data", "segcore/models", "segcore/metrics.py", "segcore/evaluate.py",
+# the methods modules each stage imports (not the whole folder: a change to the distillation
+# code must not rerun stage 1)
+CODE_STAGE1 = CODE_TRAIN + ["segcore/methods/__init__.py", "segcore/methods/losses.py", "segcore/methods/proda.py",
+                            "segcore/methods/rectify.py", "segcore/pseudo", "workflow_scripts/train_proda_stage1.py"]
+CODE_DISTILL = CODE_TRAIN + ["segcore/methods/__init__.py", "segcore/methods/losses.py", "segcore/methods/distill.py",
+                             "segcore/pseudo/store.py", "workflow_scripts/train_distill.py"]
+CODE_EVAL = ["segcore/data", "segcore/models", "segcore/metrics.py", "segcore/evaluate.py", "segcore/preflight.py",
              "workflow_scripts/evaluate.py"]

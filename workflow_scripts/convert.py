@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     try:
         convert_dataset(args.dataset, args.root, args.out, workers=args.workers or default_workers(),
                         size_mismatch=args.size_mismatch, progress=not args.no_progress)
-    except BadInputError as exc:
+    except (BadInputError, OSError) as exc:  # OSError: e.g. disk full while writing
         print(f"convert.py: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,9 +1,12 @@
 """Evaluate one checkpoint on the target split and write its metrics as JSON (rules/evaluate.smk)."""
 import argparse
 import json
+import sys
 
 import torch
 
+from segcore import preflight
+from segcore.preflight import run_script
 from segcore.atomic import write_json
 from segcore.evaluate import evaluate
 from segcore.models.checkpoint import load_model
@@ -21,6 +24,8 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    preflight.check_checkpoint(a.model, num_classes=a.num_classes)
+    preflight.check_data({"manifest": a.manifest, "split": a.split}, "--manifest")
     model, meta = load_model(a.model, expect_num_classes=a.num_classes)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = evaluate(model, a.manifest, a.split, a.num_classes, resize=json.loads(a.resize),
@@ -32,4 +37,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "evaluate.py"))

@@ -3,9 +3,12 @@
 confidence at full resolution)."""
 import argparse
 import json
+import sys
 
 import torch
 
+from segcore import preflight
+from segcore.preflight import run_script
 from segcore.data.datasets import SegmentationDataset
 from segcore.models.checkpoint import load_model
 from segcore.pseudo.generate import generate_hard, generate_soft
@@ -25,6 +28,8 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     spec = json.loads(a.target)
+    preflight.check_checkpoint(a.model, num_classes=a.num_classes)
+    preflight.check_data(spec, "--target", labels=False)
     model, _ = load_model(a.model, expect_num_classes=a.num_classes)
     ds = SegmentationDataset(spec["manifest"], spec["split"], a.num_classes, resize=spec["resize"], with_labels=False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -42,4 +47,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "pseudo_labels.py"))

@@ -1,9 +1,13 @@
 """ProDA/CPSL stage 2 or 3: distillation of a stage's model into a student (rules/proda.smk)."""
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 
+from segcore import preflight
+from segcore.preflight import run_script
 from segcore.train import distill_loop
 
 
@@ -25,6 +29,16 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    opts = json.loads(a.options)
+    preflight.check_options(opts, "--options")
+    preflight.check_data(json.loads(a.source), "--source", batch_size=opts.get("batch_size"))
+    keys = preflight.check_data(json.loads(a.target), "--target", batch_size=opts.get("batch_size"), labels=False)
+    preflight.check_checkpoint(a.teacher, num_classes=a.num_classes)
+    if a.init_kind == "checkpoint":
+        preflight.check_checkpoint(a.student_init, num_classes=a.num_classes, arch=a.arch)
+    elif not Path(a.student_init).is_file():
+        raise ValueError(f"{a.student_init}: SimCLR backbone not found")
+    preflight.check_store(a.hard_labels, "hard", keys, a.num_classes)
     job = distill_loop.DistillJob(
         source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes, arch=a.arch,
         options=json.loads(a.options), seed=a.seed, teacher=a.teacher, hard_labels=a.hard_labels,
@@ -33,4 +47,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "train_distill.py"))

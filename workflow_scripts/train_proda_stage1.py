@@ -1,9 +1,13 @@
 """ProDA stage 1: prototypical denoising from the warm-up model (rules/proda.smk)."""
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 
+from segcore import preflight
+from segcore.preflight import run_script
 from segcore.train import proda_stage1
 
 
@@ -22,6 +26,14 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    opts = json.loads(a.options)
+    preflight.check_options(opts, "--options")
+    preflight.check_data(json.loads(a.source), "--source", batch_size=opts.get("batch_size"))
+    keys = preflight.check_data(json.loads(a.target), "--target", batch_size=opts.get("batch_size"), labels=False)
+    preflight.check_checkpoint(a.init, num_classes=a.num_classes)
+    preflight.check_store(a.soft_labels, "soft", keys, a.num_classes)
+    if not Path(a.prototypes).is_file():
+        raise ValueError(f"{a.prototypes}: prototypes file not found")
     job = proda_stage1.Stage1Job(
         source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes,
         options=json.loads(a.options), seed=a.seed, init=a.init, prototypes=a.prototypes,
@@ -30,4 +42,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "train_proda_stage1.py"))

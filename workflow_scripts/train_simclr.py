@@ -5,9 +5,12 @@ that the student initialisation of ProDA stages 2 and 3 reads (load_simclr_backb
 """
 import argparse
 import json
+import sys
 
 import torch
 
+from segcore import preflight
+from segcore.preflight import run_script
 from segcore.train import simclr_loop
 
 
@@ -28,11 +31,15 @@ def main(argv=None):
     images = json.loads(a.images)
     if isinstance(images, dict):
         images = [images]
+    opts = json.loads(a.options)
+    preflight.check_options(opts, "--options")
+    for spec in images:
+        preflight.check_data(spec, "--images", labels=False)
     job = simclr_loop.SimCLRJob(images=images, arch=a.arch, num_classes=a.num_classes,
-                                options=json.loads(a.options), seed=a.seed, out=a.out, workdir=a.workdir,
+                                options=opts, seed=a.seed, out=a.out, workdir=a.workdir,
                                 num_workers=a.workers)
     simclr_loop.run(job, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "train_simclr.py"))

@@ -1,9 +1,13 @@
 """Train the source-only baseline, the oracle or the adversarial warm-up (rules/source.smk)."""
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 
+from segcore import preflight
+from segcore.preflight import run_script
 from segcore.train import source_loop
 
 
@@ -22,6 +26,13 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    opts = json.loads(a.options)
+    preflight.check_options(opts, "--options")
+    preflight.check_data(json.loads(a.labelled), "--labelled", batch_size=opts.get("batch_size"))
+    if a.unlabelled:
+        preflight.check_data(json.loads(a.unlabelled), "--unlabelled", batch_size=opts.get("batch_size"), labels=False)
+    if a.imagenet_weights and not Path(a.imagenet_weights).is_file():
+        raise ValueError(f"{a.imagenet_weights}: ImageNet weights not found (config key 'model.imagenet_weights')")
     job = source_loop.SupervisedJob(
         mode=a.mode, labelled=json.loads(a.labelled), num_classes=a.num_classes, arch=a.arch,
         options=json.loads(a.options), seed=a.seed, out=a.out, workdir=a.workdir,
@@ -31,4 +42,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "train_source.py"))

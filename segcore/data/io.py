@@ -96,8 +96,11 @@ def write_png(path, array: np.ndarray, palette: list[int] | None = None) -> None
     if palette is not None:
         img = img.convert("P") if img.mode != "P" else img
         img.putpalette(palette)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+    try:
+        with atomic_path(path) as tmp:
+            img.save(tmp, format="PNG")
+    except OSError as e:  # e.g. disk full: name the file (no half-written file is left)
+        raise OSError(e.errno, f"{path}: cannot write PNG ({e.strerror or e})") from e
 
 
 def write_png16(path, array: np.ndarray) -> None:
@@ -114,8 +117,11 @@ def write_png16(path, array: np.ndarray) -> None:
 
     header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16-bit, colour type 2 (RGB)
     data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
+    try:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(data)
+    except OSError as e:
+        raise OSError(e.errno, f"{path}: cannot write PNG ({e.strerror or e})") from e
 
 
 def ensure_dir(path) -> Path:

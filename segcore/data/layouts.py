@@ -6,7 +6,7 @@ returns one :class:`RawPair` per image, sorted by key, or raises a one-line
 
 - the root is missing, or an expected subfolder is missing;
 - a split holds no image;
-- an image has no label file.
+- an image has no label file, or a label file has no image.
 
 Layouts (reference/proda_cpsl.md 1.1):
 
@@ -60,6 +60,10 @@ def _flat_pairs(root: Path, image_dir: str, label_dir: str, dataset: str) -> lis
         if not lab.is_file():
             raise BadInputError(f"{lab}: label file missing for image {img}")
         pairs.append(RawPair(key=img.stem, image=f"{image_dir}/{img.name}", label=f"{label_dir}/{img.name}", split="train"))
+    names = {img.name for img in files}
+    for lab in _pngs(labels):
+        if lab.name not in names:
+            raise BadInputError(f"{lab}: image file missing for label (expected {images / lab.name})")
     return pairs
 
 
@@ -94,6 +98,11 @@ def scan_cityscapes(root) -> list[RawPair]:
                 label=f"gtFine/{split}/{city}/{lab.name}",
                 split=split,
             ))
+        stems = {img.parent.name + "/" + img.name[: -len(_CS_IMAGE_SUFFIX)] for img in files}
+        for lab in sorted(lab_split.glob(f"*/*{_CS_LABEL_SUFFIX}")):
+            if lab.parent.name + "/" + lab.name[: -len(_CS_LABEL_SUFFIX)] not in stems:
+                img = img_split / lab.parent.name / (lab.name[: -len(_CS_LABEL_SUFFIX)] + _CS_IMAGE_SUFFIX)
+                raise BadInputError(f"{lab}: image file missing for label (expected {img})")
     return pairs
 
 

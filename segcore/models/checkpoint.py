@@ -54,7 +54,10 @@ def save_model(path, model: nn.Module, meta: dict) -> None:
         if wrong:
             raise ValueError(f"meta disagrees with the model: {', '.join(wrong)}")
     state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-    save_torch(path, {"model": state, "meta": dict(meta)})
+    try:
+        save_torch(path, {"model": state, "meta": dict(meta)})
+    except OSError as e:  # e.g. disk full: name the file (no half-written file is left, see atomic_path)
+        raise OSError(e.errno, f"{path}: cannot write checkpoint ({e.strerror or _first_line(e)})") from e
 
 
 def load_model(path, map_location="cpu", expect_num_classes: int | None = None):
