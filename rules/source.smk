@@ -92,7 +92,8 @@ else:
         log:
             "logs/warmup/{chain}.log",
         shell:
-            "cp {input:q} {output.model:q} 2> {log:q}"
+            # copy under a temporary name in the same folder, then rename: never half-written
+            "cp {input:q} {output.model:q}.tmp 2> {log:q} && mv {output.model:q}.tmp {output.model:q}"
 
 
 def simclr_weights(wc):

@@ -89,3 +89,14 @@ def test_changing_a_stage_parameter_reruns_that_stage_and_what_follows(tiny_run)
     # stage 2 of both chains, the stage-2 and stage-3 pseudo-labels, stage 3, their evaluations
     assert planned_jobs(proc.stdout) == {"distill_stage2": 2, "hard_labels": 2, "distill_stage3": 2,
                                          "evaluate": 4, "results_table": 1, "all": 1}
+
+
+def test_source_only_warmup_mode_reuses_the_source_only_model(tmp_path):
+    cfg = tiny_config(warmup={"mode": "source_only"}, run_chains=["gta5_to_cityscapes"])
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, "results/gta5_to_cityscapes/warmup/model.pt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rule warmup" in proc.stdout + proc.stderr and "train_source.py --mode adversarial" not in proc.stdout
+    chain = tmp_path / "results/gta5_to_cityscapes"
+    assert (chain / "warmup/model.pt").read_bytes() == (chain / "source_only/model.pt").read_bytes()
+    assert not list(chain.rglob("*.tmp"))
