@@ -67,7 +67,6 @@ def main():
         hard_paths = {enc: tmp / f"hard_{enc}.h5" for enc in ("grid", "float16")}
         soft_w = {enc: SoftWriter(p, keys, C, SOFT_HW, encoding=enc).__enter__() for enc, p in soft_paths.items()}
         hard_w = {enc: HardWriter(p, keys, FULL_HW, C, conf_encoding=enc).__enter__() for enc, p in hard_paths.items()}
-        soft_ok = {"float16": True, "topk": True}
         hard_ok = {"grid": True, "float16": True}
         ties = 0
         up = lambda t: F.interpolate(t, size=FULL_HW, mode="bilinear", align_corners=True)  # noqa: E731

@@ -95,6 +95,7 @@ CODE_PSEUDO = ["segcore/data", "segcore/models", "segcore/pseudo", "segcore/meth
 CODE_STAGE1 = CODE_TRAIN + ["segcore/methods/__init__.py", "segcore/methods/losses.py", "segcore/methods/proda.py",
                             "segcore/methods/rectify.py", "segcore/pseudo", "workflow_scripts/train_proda_stage1.py"]
 CODE_DISTILL = CODE_TRAIN + ["segcore/methods/__init__.py", "segcore/methods/losses.py", "segcore/methods/distill.py",
-                             "segcore/pseudo/store.py", "workflow_scripts/train_distill.py"]
+                             "segcore/pseudo/store.py", "segcore/pseudo/store_base.py", "segcore/pseudo/hard_store.py",
+                             "workflow_scripts/train_distill.py"]
 CODE_EVAL = ["segcore/data", "segcore/models", "segcore/metrics.py", "segcore/evaluate.py", "segcore/preflight.py",
              "workflow_scripts/evaluate.py"]

@@ -67,10 +67,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from .classes import IGNORE_INDEX
+from .photometric_ops import apply_photometric, color_jitter, gaussian_blur
 
 ViewParams = dict[str, Tensor]
 
@@ -85,8 +85,6 @@ PHOTOMETRIC_OPS = frozenset(OPS) - GEOMETRIC_OPS
 _SIGNED_OPS = GEOMETRIC_OPS
 _ENHANCE_OPS = ("Brightness", "Color", "Contrast", "Sharpness")
 _PARAMETER_MAX = 10
-_BLUR_SIGMA = 1.0  # PIL ImageFilter.GaussianBlur(radius=1.0): radius is the standard deviation
-_BLUR_KERNEL = 7  # covers +-3 sigma
 
 
 def _rand(generator: torch.Generator | None) -> float:
@@ -244,7 +242,7 @@ def strong_params(
 
 
 # ----------------------------------------------------------------------------------------------
-# the image side
+# the image side (the photometric ops themselves are in ``photometric_ops``)
 
 
 def _grid(theta: Tensor, n: int, h: int, w: int) -> Tensor:
@@ -288,81 +286,6 @@ def _warp_image(image: Tensor, theta: Tensor, fill: Tensor) -> Tensor:
     return torch.where(_inside(grid), out, fill)
 
 
-def _to_u8(image: Tensor) -> Tensor:
-    return (image * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _from_u8(image: Tensor, dtype) -> Tensor:
-    return image.to(dtype) / 255.0
-
-
-def _photometric(image: Tensor, name: str, value: float) -> Tensor:
-    """A photometric op of the pool on a float [3, H, W] image in [0, 1]."""
-    if name == "Identity":
-        return image
-    if name == "AutoContrast":
-        return TF.autocontrast(image)
-    if name == "Brightness":
-        return TF.adjust_brightness(image, value)
-    if name == "Color":
-        return TF.adjust_saturation(image, value)
-    if name == "Contrast":
-        return TF.adjust_contrast(image, value)
-    if name == "Sharpness":
-        return _sharpness(image, value)
-    # PIL applies these to uint8 values: quantise, apply, come back
-    if name == "Equalize":
-        return _from_u8(TF.equalize(_to_u8(image)), image.dtype)
-    if name == "Posterize":
-        return _from_u8(TF.posterize(_to_u8(image), int(value)), image.dtype)
-    if name == "Solarize":
-        u8 = _to_u8(image)
-        return _from_u8(torch.where(u8 >= int(value), 255 - u8, u8), image.dtype)
-    raise ValueError(f"not a photometric op: {name!r}")
-
-
-def _sharpness(image: Tensor, factor: float) -> Tensor:
-    """PIL ``ImageEnhance.Sharpness``: blend with the SMOOTH filter ([[1,1,1],[1,5,1],[1,1,1]]/13),
-    border pixels kept (as ``TF.adjust_sharpness``, with box sums instead of a slow conv2d)."""
-    if image.shape[-1] < 3 or image.shape[-2] < 3:
-        return image
-    rows = image[..., :-2, :] + image[..., 1:-1, :] + image[..., 2:, :]
-    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
-    inner = image[..., 1:-1, 1:-1]
-    smooth = (box + 4.0 * inner) / 13.0
-    out = image.clone()
-    out[..., 1:-1, 1:-1] = smooth.add_(inner - smooth, alpha=factor)
-    return out.clamp_(0.0, 1.0)
-
-
-def _gaussian_blur(image: Tensor, sigma: float = _BLUR_SIGMA, radius: int = _BLUR_KERNEL // 2) -> Tensor:
-    """Separable Gaussian blur with edge replication (PIL's GaussianBlur extends the edge pixels)."""
-    taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float64) ** 2 / (2.0 * sigma ** 2))
-    taps = (taps / taps.sum()).tolist()
-    h, w = image.shape[-2:]
-    x = F.pad(image[None], (radius, radius, radius, radius), mode="replicate")[0]
-    acc = x[..., :, 0:w] * taps[0]
-    for i in range(1, 2 * radius + 1):
-        acc.add_(x[..., :, i:i + w], alpha=taps[i])
-    out = acc[..., 0:h, :] * taps[0]
-    for i in range(1, 2 * radius + 1):
-        out.add_(acc[..., i:i + h, :], alpha=taps[i])
-    return out
-
-
-def _color_jitter(image: Tensor, factors: Tensor, order: Tensor) -> Tensor:
-    b, c, s, hue = (float(f) for f in factors)
-    fns = (
-        lambda x: TF.adjust_brightness(x, b),
-        lambda x: TF.adjust_contrast(x, c),
-        lambda x: TF.adjust_saturation(x, s),
-        lambda x: TF.adjust_hue(x, hue),
-    )
-    for i in order.tolist():
-        image = fns[i](image)
-    return image
-
-
 def apply_strong(image: Tensor, params: ViewParams, fill=127 / 255) -> Tensor:
     """Replay single-sample strong-view ``params`` on a float [3, H, W] image in [0, 1]."""
     if image.dim() != 3 or not image.is_floating_point():
@@ -372,10 +295,10 @@ def apply_strong(image: Tensor, params: ViewParams, fill=127 / 255) -> Tensor:
     if bool(params["flip"]):
         image = image.flip(-1)  # exact; the same map as steps[0]
     if bool(params["blur"]):
-        image = _gaussian_blur(image)
+        image = gaussian_blur(image)
     jit = params["jitter"]
     if not bool((jit == torch.tensor([1.0, 1.0, 1.0, 0.0])).all()):
-        image = _color_jitter(image, jit, params["jitter_order"])
+        image = color_jitter(image, jit, params["jitter_order"])
     for k, (op, value, applied) in enumerate(zip(params["op_id"].tolist(), params["op_value"].tolist(),
                                                  params["op_applied"].tolist())):
         if not applied:
@@ -384,7 +307,7 @@ def apply_strong(image: Tensor, params: ViewParams, fill=127 / 255) -> Tensor:
         if name in GEOMETRIC_OPS:
             image = _warp_image(image, steps[k + 1], fill_t)
         else:
-            image = _photometric(image, name, value)
+            image = apply_photometric(image, name, value)
     if bool(params["has_cutout"]):
         h, w = image.shape[-2:]
         mask = _cutout_mask(params["cutout"][None], params["has_cutout"].reshape(1), h, w)[0]
