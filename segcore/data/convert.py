@@ -66,16 +66,32 @@ def image_size(path) -> tuple[int, int]:
         raise BadInputError(f"{path}: cannot read image header ({exc})") from None
 
 
+_PIL_LUTS: dict[int, list] = {}
+
+
+def _pil_lut(lut: np.ndarray) -> list:
+    """The 256-entry LUT as the list Image.point takes (built once per LUT)."""
+    key = id(lut)
+    if key not in _PIL_LUTS:
+        _PIL_LUTS[key] = lut[:256].tolist()
+    return _PIL_LUTS[key]
+
+
 def convert_label(dataset: str, image_path, label_path, out_path, size_mismatch: str = "error") -> tuple[np.ndarray, int, int, int]:
     """Convert one label file; returns (pixel counts of the 19 classes, ignored pixels, width, height)."""
     reader, lut, known = _LABEL_SPECS[dataset]
     raw = reader(label_path)  # BadInputError naming the file if it does not decode / is not 16-bit
-    hist = np.bincount(raw.ravel(), minlength=known.size)  # raw is uint8 / uint16: hist.size == known.size
+    if raw.dtype == np.uint8:  # Pillow's C histogram and LUT are 2-3x faster than numpy's here
+        pil = Image.fromarray(raw)
+        hist = np.asarray(pil.histogram(), dtype=np.int64)
+    else:
+        pil = None
+        hist = np.bincount(raw.ravel(), minlength=known.size)  # uint16: hist.size == known.size
     bad = np.flatnonzero((hist > 0) & ~known)
     if bad.size:
         shown = ", ".join(str(int(i)) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
         raise BadInputError(f"{label_path}: unknown {dataset} label id(s) {shown}")
-    train = lut[raw]
+    train = np.asarray(pil.point(_pil_lut(lut))) if pil is not None else lut[raw]
     width, height = image_size(image_path)
     if train.shape != (height, width):
         lh, lw = train.shape
