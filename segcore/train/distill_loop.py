@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ..data.classes import class_names
 from ..data.datasets import infinite_loader
 from ..data.strong_view import StrongView
 from ..data.target_views import TargetViews
@@ -87,7 +88,7 @@ def run(job: DistillJob, log=print) -> dict:
             snapshot(state, done, parts)
 
     meta = {"arch": job.arch, "num_classes": job.num_classes, "bn_clr": True,
-            "classes": load_model(job.teacher)[1]["classes"], "stage": job.stage, "iterations": total,
+            "classes": list(class_names(job.num_classes)), "stage": job.stage, "iterations": total,
             "init": job.init_kind}
     save_model(job.out, student, meta)
     state.clear()
