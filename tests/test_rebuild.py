@@ -8,18 +8,16 @@ the Snakefile's folder (``code_version`` in rules/common.smk), which is what is 
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import pytest
 
 from segcore.pseudo.store import HardStore, SoftStore
-from workflow_helpers import ROOT, planned_jobs, tiny_config, write_config
+from workflow_helpers import ROOT, planned_jobs, snakemake, tiny_config, write_config
 
 COPIED = ("Snakefile", "rules", "workflow_scripts", "segcore", "configs", "profiles")
 CHAINS = ("gta5_to_cityscapes", "synthia_to_cityscapes")
@@ -27,13 +25,7 @@ CHAINS = ("gta5_to_cityscapes", "synthia_to_cityscapes")
 
 def run_snakemake(repo: Path, workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """`snakemake` of ``repo``'s Snakefile in ``workdir`` (2 cores unless ``args`` say otherwise)."""
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    cores = [] if "--cores" in args else ["--cores", "2"]
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir),
-           *cores, *args]
-    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
-
+    return snakemake(workdir, *args, timeout=timeout, snakefile=repo / "Snakefile")
 
 def planned_outputs(output: str) -> list[str]:
     """The output paths of the jobs of a dry run (``output: a, b`` lines of each job)."""

@@ -14,14 +14,14 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from workflow_helpers import ROOT, tiny_config, write_config
+from workflow_helpers import snakemake_cmd, snakemake_env, tiny_config, write_config
+from workflow_helpers import snakemake as run_workflow
 
 CHAIN = "gta5_to_cityscapes"
 ITERATIONS, EVERY = 60, 4
@@ -38,20 +38,8 @@ def resume_config(rule: str) -> dict:
     return cfg
 
 
-def _env():
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
-
-
-def _cmd(workdir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-            "--cores", "2", *args]
-
-
 def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(_cmd(workdir, *args), cwd=workdir, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = run_workflow(workdir, *args, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc
 
@@ -90,7 +78,7 @@ def kill_mid_way(workdir: Path, target: str, rule: str, script: str, marker: str
                  kill_at: int) -> None:
     """Force ``rule`` to run again for ``target`` and SIGKILL its training process once a rolling
     state exists and the log reports iteration ``kill_at`` (then snakemake itself)."""
-    proc = subprocess.Popen(_cmd(workdir, target, "--forcerun", rule), cwd=workdir, env=_env(),
+    proc = subprocess.Popen(snakemake_cmd(workdir, target, "--forcerun", rule), cwd=workdir, env=snakemake_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     killed = False
     try:

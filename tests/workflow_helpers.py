@@ -40,14 +40,23 @@ def write_config(workdir: Path, cfg: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`snakemake` of this repository's Snakefile, run in ``workdir`` (whose config.yaml it reads)."""
+def snakemake_env() -> dict:
+    """The environment with this venv's bin first, so rules' `python` is ours."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", *args]
-    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
 
+
+def snakemake_cmd(workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile") -> list[str]:
+    """`snakemake` of ``snakefile`` in ``workdir``, on 2 cores unless ``args`` say otherwise."""
+    cores = [] if "--cores" in args else ["--cores", "2"]
+    return [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir), *cores, *args]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900, snakefile: Path = ROOT / "Snakefile") -> subprocess.CompletedProcess:
+    """Run the workflow in ``workdir`` (whose config.yaml it reads)."""
+    return subprocess.run(snakemake_cmd(workdir, *args, snakefile=snakefile), cwd=workdir, env=snakemake_env(),
+                          capture_output=True, text=True, timeout=timeout)
 
 def planned_jobs(output: str) -> dict[str, int]:
     """The first "Job stats" table of a dry run, as {rule: count}."""
