@@ -13,6 +13,7 @@ include: "rules/data.smk"
 include: "rules/source.smk"
 include: "rules/pseudo.smk"
 include: "rules/proda.smk"
+include: "rules/cpsl.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

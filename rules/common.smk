@@ -30,6 +30,13 @@ PUBLISHED = repo_path(config["published_results"])
 # scripts by absolute path, so the workflow also runs with --directory elsewhere
 SCRIPTS = str(Path(workflow.basedir) / "workflow_scripts")
 
+# How a training rule starts its script: one process per GPU under torchrun when the job has
+# more than one GPU, else one plain process (no GPU, or one). `resources.gpu` is 0 in every
+# training rule (local runs) and a profile raises it per rule (profiles/slurm). Resources are
+# not params, so switching profiles reruns nothing; the command template stays the same.
+TRAIN_LAUNCH = ("$([ {resources.gpu} -gt 1 ] && echo torchrun --standalone --nproc_per_node={resources.gpu}"
+                " || echo python)")
+
 # rows of the results table: run folder -> (method, stage)
 TABLE_RUNS = {
     "source_only": ("source_only", "source_only"),
@@ -37,6 +44,9 @@ TABLE_RUNS = {
     "proda/stage1": ("proda", "stage1"),
     "proda/stage2": ("proda", "stage2"),
     "proda/stage3": ("proda", "stage3"),
+    "cpsl/stage1": ("cpsl", "stage1"),
+    "cpsl/stage2": ("cpsl", "stage2"),
+    "cpsl/stage3": ("cpsl", "stage3"),
     "oracle": ("oracle", "oracle"),
 }
 
@@ -97,5 +107,11 @@ CODE_STAGE1 = CODE_TRAIN + ["segcore/methods/__init__.py", "segcore/methods/loss
 CODE_DISTILL = CODE_TRAIN + ["segcore/methods/__init__.py", "segcore/methods/losses.py", "segcore/methods/distill.py",
                              "segcore/pseudo/store.py", "segcore/pseudo/store_base.py", "segcore/pseudo/hard_store.py",
                              "workflow_scripts/train_distill.py"]
+# CPSL stage 1 reuses ProDA's self-training loss and the rectification helpers
+CODE_CPSL = CODE_TRAIN + ["segcore/methods/__init__.py", "segcore/methods/losses.py", "segcore/methods/proda.py",
+                          "segcore/methods/rectify.py", "segcore/methods/cpsl.py", "segcore/methods/sinkhorn.py",
+                          "segcore/methods/feature_memory.py", "segcore/pseudo", "workflow_scripts/train_cpsl_stage1.py"]
+CODE_CLASS_DISTRIBUTION = ["segcore/pseudo", "segcore/data/classes.py", "segcore/atomic.py", "segcore/preflight.py",
+                           "workflow_scripts/class_distribution.py"]
 CODE_EVAL = ["segcore/data", "segcore/models", "segcore/metrics.py", "segcore/evaluate.py", "segcore/preflight.py",
              "workflow_scripts/evaluate.py"]

@@ -24,6 +24,8 @@ if config["demo"]["enabled"]:
                 code=code_version("segcore/data/demo.py", "segcore/data/demo_scenes.py", "segcore/data/io.py"),
             log:
                 f"logs/demo/{_ds}.log",
+            benchmark:
+                f"logs/benchmark/demo/{_ds}.tsv",
             shell:
                 "python {SCRIPTS:q}/make_demo.py --dataset {params.dataset} --root {output:q}"
                 " --count {params.n_images} --val-count {params.val_count}"
@@ -46,6 +48,8 @@ rule convert:
     threads: 8
     log:
         "logs/convert/{dataset}.log",
+    benchmark:
+        "logs/benchmark/convert/{dataset}.tsv",
     shell:
         "python {SCRIPTS:q}/convert.py --dataset {wildcards.dataset} --root {input:q}"
         " --out results/data/{wildcards.dataset} --workers {threads}"

@@ -16,6 +16,8 @@ rule evaluate:
     threads: 1
     log:
         "logs/evaluate/{chain}/{run}.log",
+    benchmark:
+        "logs/benchmark/evaluate/{chain}/{run}.tsv",
     shell:
         "python {SCRIPTS:q}/evaluate.py --model {input.model:q} --manifest {input.manifest:q}"
         " --split {params.split} --num-classes {params.num_classes} --resize {params.resize:q}"

@@ -32,10 +32,14 @@ rule proda_stage1:
         resume_dir=lambda wc: f"{WORKDIR}/{wc.chain}/proda/stage1",
         code=code_version(*CODE_STAGE1),
     threads: 1
+    resources:
+        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     log:
         "logs/proda_stage1/{chain}.log",
+    benchmark:
+        "logs/benchmark/proda_stage1/{chain}.tsv",
     shell:
-        "python {SCRIPTS:q}/train_proda_stage1.py --source {params.source:q} --target {params.target:q}"
+        TRAIN_LAUNCH + " {SCRIPTS:q}/train_proda_stage1.py --source {params.source:q} --target {params.target:q}"
         " --num-classes {params.num_classes} --options {params.options:q} --seed {params.seed}"
         " --init {input.init:q} --prototypes {input.prototypes:q} --soft-labels {input.soft:q}"
         " --out {output.model:q} --workdir {params.resume_dir:q} --threads {threads} > {log:q} 2>&1"
@@ -43,7 +47,7 @@ rule proda_stage1:
 
 def distill_shell(stage, init_kind):
     return (
-        "python {SCRIPTS:q}/train_distill.py --stage {wildcards.method}_" + stage +
+        TRAIN_LAUNCH + " {SCRIPTS:q}/train_distill.py --stage {wildcards.method}_" + stage +
         " --source {params.source:q} --target {params.target:q} --num-classes {params.num_classes}"
         " --arch {params.arch} --options {params.options:q} --seed {params.seed}"
         " --teacher {input.teacher:q} --hard-labels {input.hard:q} --student-init {input.init:q}"
@@ -78,8 +82,12 @@ rule distill_stage2:
     params:
         **_distill_params("stage2"),
     threads: 1
+    resources:
+        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     log:
         "logs/distill_stage2/{chain}/{method}.log",
+    benchmark:
+        "logs/benchmark/distill_stage2/{chain}/{method}.tsv",
     shell:
         distill_shell("stage2", "simclr")
 
@@ -97,7 +105,11 @@ rule distill_stage3:
     params:
         **_distill_params("stage3"),
     threads: 1
+    resources:
+        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     log:
         "logs/distill_stage3/{chain}/{method}.log",
+    benchmark:
+        "logs/benchmark/distill_stage3/{chain}/{method}.tsv",
     shell:
         distill_shell("stage3", "checkpoint")

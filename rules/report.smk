@@ -26,6 +26,8 @@ rule results_table:
         code=code_version("segcore/tables.py", "segcore/metrics.py", "workflow_scripts/make_table.py"),
     log:
         "logs/results_table.log",
+    benchmark:
+        "logs/benchmark/results_table.tsv",
     shell:
         "python {SCRIPTS:q}/make_table.py {params.entries} {params.published}"
         " --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"

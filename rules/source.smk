@@ -4,7 +4,7 @@
 def train_shell(mode, labelled, unlabelled=None):
     """The command of a supervised training job; every value reaches the shell quoted."""
     cmd = (
-        "python {SCRIPTS:q}/train_source.py --mode " + mode +
+        TRAIN_LAUNCH + " {SCRIPTS:q}/train_source.py --mode " + mode +
         " --labelled {params.labelled:q} --num-classes {params.num_classes}"
         " --arch {params.arch} {params.imagenet} --options {params.options:q}"
         " --seed {params.seed} --out {output.model:q} --workdir {params.resume_dir:q} --threads {threads}"
@@ -38,8 +38,12 @@ rule source_only:
         labelled=lambda wc: data_spec(chain_cfg(wc.chain)["source"], "train"),
         **_common_params("source_only"),
     threads: 1
+    resources:
+        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     log:
         "logs/source_only/{chain}.log",
+    benchmark:
+        "logs/benchmark/source_only/{chain}.tsv",
     shell:
         train_shell("source_only", True)
 
@@ -55,8 +59,12 @@ rule oracle:
         labelled=lambda wc: data_spec(chain_cfg(wc.chain)["target"], "train"),
         **_common_params("oracle"),
     threads: 1
+    resources:
+        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     log:
         "logs/oracle/{chain}.log",
+    benchmark:
+        "logs/benchmark/oracle/{chain}.tsv",
     shell:
         train_shell("oracle", True)
 
@@ -76,8 +84,12 @@ if config["warmup"]["mode"] == "adversarial":
             unlabelled=lambda wc: data_spec(chain_cfg(wc.chain)["target"], "train"),
             **_common_params("warmup"),
         threads: 1
+        resources:
+            gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
         log:
             "logs/warmup/{chain}.log",
+        benchmark:
+            "logs/benchmark/warmup/{chain}.tsv",
         shell:
             train_shell("adversarial", True, unlabelled=True)
 
@@ -89,8 +101,11 @@ else:
             "results/{chain}/source_only/model.pt",
         output:
             model="results/{chain}/warmup/model.pt",
+        localrule: True  # a file copy: never a cluster job (nor a GPU one)
         log:
             "logs/warmup/{chain}.log",
+        benchmark:
+            "logs/benchmark/warmup/{chain}.tsv",
         shell:
             # copy under a temporary name in the same folder, then rename: never half-written
             "cp {input:q} {output.model:q}.tmp 2> {log:q} && mv {output.model:q}.tmp {output.model:q}"
@@ -120,9 +135,13 @@ rule simclr:
         code=code_version("segcore/methods/simclr.py", "segcore/train/simclr_loop.py", "segcore/models",
                           "segcore/data/datasets.py", "workflow_scripts/train_simclr.py"),
     threads: 1
+    resources:
+        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     log:
         "logs/simclr/{chain}.log",
+    benchmark:
+        "logs/benchmark/simclr/{chain}.tsv",
     shell:
-        "python {SCRIPTS:q}/train_simclr.py --images {params.images:q} --arch {params.arch}"
+        TRAIN_LAUNCH + " {SCRIPTS:q}/train_simclr.py --images {params.images:q} --arch {params.arch}"
         " --num-classes {params.num_classes} --options {params.options:q} --seed {params.seed}"
         " --out {output.model:q} --workdir {params.resume_dir:q} --threads {threads} > {log:q} 2>&1"

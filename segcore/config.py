@@ -12,7 +12,8 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "rules" / "schemas" / "config.schema.yaml"
-TRAIN_STAGES = ("source_only", "oracle", "warmup", "proda.stage1", "proda.stage2", "proda.stage3")
+TRAIN_STAGES = ("source_only", "oracle", "warmup", "proda.stage1", "proda.stage2", "proda.stage3",
+                "cpsl.stage1", "cpsl.stage2", "cpsl.stage3")
 
 
 class ConfigError(ValueError):

@@ -30,6 +30,10 @@ def confusion_matrix(pred, label, num_classes: int) -> torch.Tensor:
     if pred.is_floating_point() or label.is_floating_point():
         raise TypeError("pred and label must be integer tensors (class ids)")
     c = int(num_classes)
+    if pred.device.type == "cpu" and label.device.type == "cpu":
+        counts = _confusion_cpu(pred.detach().numpy(), label.detach().numpy(), c)
+        if counts is not None:
+            return torch.from_numpy(counts)
     label = label.reshape(-1).to(torch.int64)
     pred = pred.reshape(-1).to(device=label.device, dtype=torch.int64)
     # unlabelled pixels go to an extra bin that is dropped: no boolean gather (4x faster on CPU)
@@ -39,6 +43,28 @@ def confusion_matrix(pred, label, num_classes: int) -> torch.Tensor:
     index = torch.where(valid, label * c + pred, c * c)
     counts = torch.bincount(index, minlength=c * c + 1)[: c * c]
     return counts.reshape(c, c)
+
+
+def _confusion_cpu(pred: np.ndarray, label: np.ndarray, c: int):
+    """The CPU fast path of ``confusion_matrix``, or None where its preconditions fail.
+
+    When every prediction lies in ``[0, C)`` and no label is negative, ``label * C + pred``
+    is computed in uint16 (a label >= C lands at or above ``C * C``, so ignored pixels need no
+    mask) and counted by ``np.bincount``: a quarter of the bytes of the int64 torch path and
+    no mask or gather. Counts are exact, so the matrix is identical to the general path's.
+    """
+    if pred.size == 0 or c * c > 65536:
+        return None
+    if (pred.dtype.kind not in "ub" and int(pred.min()) < 0) or int(pred.max()) >= c:
+        return None  # the general path decides (an error only on labelled pixels)
+    if label.dtype.kind not in "ub" and int(label.min()) < 0:
+        return None
+    if (int(label.max()) + 1) * c > 65536:
+        return None
+    index = label.astype(np.uint16).reshape(-1)
+    np.multiply(index, c, out=index, casting="unsafe")
+    np.add(index, pred.reshape(-1), out=index, casting="unsafe")  # 0 <= pred < C: no wrap-around
+    return np.bincount(index, minlength=c * c)[: c * c].reshape(c, c).astype(np.int64, copy=False)
 
 
 class ConfusionMatrix:

@@ -147,6 +147,27 @@ def stage1(good, tmp_path, inproc=True, **kw) -> tuple[str, subprocess.Completed
     return script("train_proda_stage1.py", *flat, inproc=inproc)
 
 
+def cpsl_inputs(tmp_path, classes=19, protos_classes=19) -> tuple[Path, Path]:
+    """A prototypes file and a class distribution JSON (valid unless the counts differ from 19)."""
+    from segcore.pseudo.class_distribution import write_class_distribution
+
+    torch.save({"protos": torch.randn(protos_classes, 8), "counts": torch.ones(protos_classes, dtype=torch.long)},
+               tmp_path / "protos.pt")
+    write_class_distribution(tmp_path / "class_distribution.json", torch.ones(classes, dtype=torch.long))
+    return tmp_path / "protos.pt", tmp_path / "class_distribution.json"
+
+
+def cpsl_stage1(good, tmp_path, **kw) -> tuple[str, subprocess.CompletedProcess]:
+    protos, dist = cpsl_inputs(tmp_path)
+    args = dict(source=spec(good / "data/manifest.csv"), target=spec(good / "data/manifest.csv"),
+                num_classes=19, options=json.dumps(OPTIONS), seed=0, init=good / "ckpt19.pt",
+                prototypes=protos, soft_labels=good / "soft.h5", class_distribution=dist,
+                out=tmp_path / "out.pt", out_prototypes=tmp_path / "out_protos.pt", workdir=tmp_path / "work")
+    args.update(kw)
+    flat = [x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", v)]
+    return script("train_cpsl_stage1.py", *flat, inproc=True)
+
+
 def train_source(good, tmp_path, labelled=None, options=None, inproc=True):
     return script("train_source.py", "--mode", "source_only", "--labelled", labelled or spec(good / "data/manifest.csv"),
                   "--num-classes", 19, "--arch", "small", "--options", json.dumps(options or OPTIONS), "--seed", 0,
@@ -331,6 +352,20 @@ def case_store_other_class_count(tmp_path, good):
 def case_store_incomplete(tmp_path, good):
     p = good / "soft_incomplete.h5"
     return stage1(good, tmp_path, soft_labels=p)[0], [str(p)], "incomplete pseudo-label store"
+
+
+def case_class_distribution_other_class_count(tmp_path, good):
+    (tmp_path / "other").mkdir()
+    _, dist16 = cpsl_inputs(tmp_path / "other", classes=16)
+    line, _ = cpsl_stage1(good, tmp_path, class_distribution=dist16)
+    assert not (tmp_path / "work").exists()  # refused before any training
+    return line, [str(dist16)], "class distribution has 16 classes, the chain has 19"
+
+
+def case_prototypes_other_class_count(tmp_path, good):
+    (tmp_path / "other").mkdir()
+    protos16, _ = cpsl_inputs(tmp_path / "other", protos_classes=16)
+    return cpsl_stage1(good, tmp_path, prototypes=protos16)[0], [str(protos16)], "prototypes for 16 classes, the chain has 19"
 
 
 def case_disk_full_checkpoint(tmp_path, good, monkeypatch):

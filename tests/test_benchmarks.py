@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["bench_convert", "bench_eval", "bench_pseudo_store", "bench_prototypes", "bench_plan", "bench_demo"]
+SCRIPTS = ["bench_convert", "bench_eval", "bench_pseudo_store", "bench_prototypes", "bench_plan", "bench_demo",
+           "train_step"]
 CHECKED = {"bench_eval": "identical", "bench_prototypes": "rectified labels identical",
-           "bench_pseudo_store": "identical to the official rule", "bench_plan": "no job per image"}
+           "bench_pseudo_store": "identical to the official rule", "bench_plan": "no job per image",
+           "bench_demo": "benchmark files", "train_step": "bf16 step losses finite"}
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

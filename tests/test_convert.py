@@ -275,6 +275,24 @@ def test_unknown_ids(tmp_path):
     assert str(bad) in msg and "23" in msg
 
 
+def test_unknown_synthia_id_above_255_and_histogram(tmp_path):
+    """Ids that do not fit a byte take the numpy path; the 4-band histogram equals bincount."""
+    from segcore.data.convert import histogram_u8
+
+    syn = tmp_path / "syn"
+    make_synthia(syn)
+    bad = syn / "GT" / "LABELS" / "0000001.png"
+    lab = np.full((12, 20, 3), 3, np.uint16)
+    lab[5, 7, 0] = 300
+    write_png16(bad, lab)
+    msg = _error("synthia", syn, tmp_path / "out")
+    assert str(bad) in msg and "unknown synthia label id(s) 300" in msg and "\n" not in msg
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 3, 4, 5, 4099):
+        a = rng.integers(0, 256, n).astype(np.uint8)
+        np.testing.assert_array_equal(histogram_u8(a), np.bincount(a, minlength=256))
+
+
 def test_size_mismatch_and_resize_label(tmp_path):
     root = tmp_path / "gta"
     raw = make_gta5(root)

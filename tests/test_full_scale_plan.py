@@ -29,15 +29,17 @@ def test_full_scale_chain_plans(real_layout, chain, source):
     # no demo data, one conversion job per dataset (not per image), every stage of the chain once
     assert not any(rule.startswith("demo_") for rule in jobs)
     assert jobs["convert"] == 2
-    for rule in ("source_only", "oracle", "warmup", "soft_labels", "init_prototypes", "proda_stage1",
-                 "distill_stage2", "distill_stage3", "results_table"):
+    for rule in ("source_only", "oracle", "warmup", "soft_labels", "init_prototypes", "class_distribution",
+                 "proda_stage1", "cpsl_stage1", "results_table"):
         assert jobs[rule] == 1, rule
+    assert jobs["distill_stage2"] == jobs["distill_stage3"] == 2  # ProDA's and CPSL's
     assert "simclr" not in jobs  # the configured SimCLRv2 file initialises the stage-2 student
     out = proc.stdout
     assert f"--dataset {source} --root data/" in out
     assert "--arch resnet101" in out
     assert "--imagenet-weights pretrained/resnet101-5d3b4d8f.pth" in out
     assert '"crop": [896, 512]' in out and '"iterations": 62412' in out
+    assert '"queue_length": 65536' in out and '"iterations": 95104' in out  # CPSL stage 1 (128 epochs)
     assert "--student-init pretrained/r101_1x_sk0.pth --init-kind simclr" in out
     assert '"regular_w": ' + ("0.1" if source == "gta5" else "0.0") in out
     other = "synthia_to_cityscapes" if source == "gta5" else "gta5_to_cityscapes"

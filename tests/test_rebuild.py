@@ -92,8 +92,9 @@ def test_synthia_converter_parameter_reruns_only_the_synthia_chain(wf, restore_c
     # everything of the synthia chain that reads the synthia data, directly or not; the oracle
     # trains on Cityscapes only and stays
     assert planned_jobs(out) == {"convert": 1, "source_only": 1, "warmup": 1, "simclr": 1, "soft_labels": 1,
-                                 "init_prototypes": 1, "proda_stage1": 1, "hard_labels": 2, "distill_stage2": 1,
-                                 "distill_stage3": 1, "evaluate": 5, "results_table": 1, "all": 1}
+                                 "init_prototypes": 1, "class_distribution": 1, "proda_stage1": 1, "cpsl_stage1": 1,
+                                 "hard_labels": 4, "distill_stage2": 2, "distill_stage3": 2, "evaluate": 8,
+                                 "results_table": 1, "all": 1}
     outputs = planned_outputs(out)
     assert "results/data/synthia/manifest.csv" in outputs
     assert not any("gta5" in p or "data/cityscapes" in p or "oracle" in p for p in outputs), outputs
@@ -116,7 +117,8 @@ def test_code_change_reruns_the_stages_running_that_code(wf):
         out = dry_run(wf)
     finally:
         source.write_bytes(original)
-    assert planned_jobs(out) == {"distill_stage2": 2, "hard_labels": 2, "distill_stage3": 2, "evaluate": 4,
+    # ProDA's and CPSL's stages 2 and 3 (the same distillation code) in both chains
+    assert planned_jobs(out) == {"distill_stage2": 4, "hard_labels": 4, "distill_stage3": 4, "evaluate": 8,
                                  "results_table": 1, "all": 1}
     assert "Nothing to be done" in dry_run(wf)  # restored source: up to date again
 

@@ -179,11 +179,12 @@ def hard_data(n=4, seed=0):
     return label, conf
 
 
-@pytest.mark.parametrize("enc", ["grid", "float16"])
+@pytest.mark.parametrize("enc", ["grid", "float16", "thresholds"])
 def test_hard_round_trip_and_official_threshold_rule(tmp_path, enc):
     label, conf = hard_data()
     path = tmp_path / "hard.h5"
-    with HardWriter(path, keys(4), FULL, num_classes=C, conf_encoding=enc) as w:
+    listed = {"conf_thresholds": (0.99, 0.9, 0.95, 0.95)} if enc == "thresholds" else {}
+    with HardWriter(path, keys(4), FULL, num_classes=C, conf_encoding=enc, **listed) as w:
         w.write(torch.tensor([0, 1]), torch.from_numpy(label[:2]).long(), torch.from_numpy(conf[:2]))
         w.write(2, label[2], conf[2])
         w.write(3, label[3], conf[3])
@@ -195,16 +196,20 @@ def test_hard_round_trip_and_official_threshold_rule(tmp_path, enc):
         np.testing.assert_array_equal(lab.numpy(), label[i])
         if enc == "float16":
             np.testing.assert_array_equal(cf.numpy(), conf[i].astype(np.float16).astype(np.float32))
-        else:  # the upper grid edge: at most one step (0.005) above
+        elif enc == "grid":  # the upper grid edge: at most one step (0.005) above
             d = cf.numpy() - conf[i]
             assert d.min() >= -1e-3 and d.max() <= 0.005 + 1e-3
+        else:  # the next listed threshold above (or 1.0)
+            c16 = conf[i].astype(np.float16)
+            want = np.select([c16 <= 0.9, c16 <= 0.95, c16 <= 0.99], [0.9, 0.95, 0.99], 1.0).astype(np.float32)
+            np.testing.assert_array_equal(cf.numpy(), want)
         for t in (0.9, 0.95, 0.99):
             # the official rule, evaluated as the official code does on the float16 _conf.npy
             ref = label[i].astype(np.int64).copy()
             ref[conf[i].astype(np.float16) <= t] = 255
             np.testing.assert_array_equal(store.thresholded(i, t).numpy(), ref)
             np.testing.assert_array_equal(store.get(i, threshold=t)[0].numpy(), ref)
-            if enc == "grid":  # a plain comparison on the decoded confidence gives the same labels
+            if enc != "float16":  # a plain comparison on the decoded confidence gives the same labels
                 np.testing.assert_array_equal(np.where(cf.numpy() <= t, 255, lab.numpy()), ref)
     row = store.thresholded(0, 0.95)[0, :7].tolist()
     assert row == [255, 255, 255, label[0, 0, 3], 255, 255, label[0, 0, 6]]
@@ -238,6 +243,19 @@ def test_grid_refuses_off_grid_thresholds(tmp_path):
     ref = label[0].astype(np.int64).copy()
     ref[conf[0].astype(np.float16) <= 0.9321] = 255
     np.testing.assert_array_equal(HardStore(tmp_path / "f.h5").thresholded(0, 0.9321).numpy(), ref)
+
+
+def test_thresholds_encoding_refuses_unlisted_thresholds(tmp_path):
+    label, conf = hard_data(1)
+    with HardWriter(tmp_path / "t.h5", keys(1), FULL, conf_encoding="thresholds", conf_thresholds=[0.95]) as w:
+        w.write(0, label[0], conf[0])
+    store = HardStore(tmp_path / "t.h5")
+    assert store.supports(0.95) and not store.supports(0.9)
+    with pytest.raises(ValueError, match="not on the stored confidence grid") as err:
+        store.thresholded(0, 0.9)
+    one_line(err, tmp_path / "t.h5")
+    with pytest.raises(ValueError, match="conf_thresholds"):
+        HardWriter(tmp_path / "u.h5", keys(1), FULL, conf_encoding="thresholds")
 
 
 def test_hard_writer_validates_labels(tmp_path):

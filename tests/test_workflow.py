@@ -11,7 +11,8 @@ from workflow_helpers import planned_jobs, snakemake, tiny_config, write_config
 
 RUNS = {("source_only", "source_only"): "source_only", ("proda", "warmup"): "warmup",
         ("proda", "stage1"): "proda/stage1", ("proda", "stage2"): "proda/stage2",
-        ("proda", "stage3"): "proda/stage3", ("oracle", "oracle"): "oracle"}
+        ("proda", "stage3"): "proda/stage3", ("cpsl", "stage1"): "cpsl/stage1", ("cpsl", "stage2"): "cpsl/stage2",
+        ("cpsl", "stage3"): "cpsl/stage3", ("oracle", "oracle"): "oracle"}
 CHAINS = ("gta5_to_cityscapes", "synthia_to_cityscapes")
 
 
@@ -53,13 +54,16 @@ def test_published_numbers_beside_ours(tiny_run):
     table = pd.read_csv(tiny_run / "results/tables/results.csv").set_index(["chain", "method", "stage"])
     assert table.loc[("gta5_to_cityscapes", "proda", "stage3"), "published"] == 57.5
     assert table.loc[("synthia_to_cityscapes", "proda", "stage3"), "published_mIoU13"] == 62.0
+    assert table.loc[("gta5_to_cityscapes", "cpsl", "stage3"), "published"] == 60.8
     assert math.isnan(table.loc[("gta5_to_cityscapes", "oracle", "oracle"), "published"])
 
 
 def test_artifacts_in_declared_layout_and_nothing_half_written(tiny_run):
     for chain in CHAINS:
         for rel in ("warmup/model.pt", "warmup/soft_labels.h5", "warmup/prototypes.pt", "simclr/backbone.pt",
-                    "proda/stage1/hard_labels.h5", "proda/stage2/hard_labels.h5", "proda/stage3/model.pt"):
+                    "proda/stage1/hard_labels.h5", "proda/stage2/hard_labels.h5", "proda/stage3/model.pt",
+                    "warmup/class_distribution.json", "cpsl/stage1/prototypes.pt", "cpsl/stage1/hard_labels.h5",
+                    "cpsl/stage2/hard_labels.h5", "cpsl/stage3/model.pt"):
             assert (tiny_run / "results" / chain / rel).is_file(), rel
     for ds in ("gta5", "synthia", "cityscapes"):
         manifest = pd.read_csv(tiny_run / f"results/data/{ds}/manifest.csv")
@@ -89,6 +93,32 @@ def test_changing_a_stage_parameter_reruns_that_stage_and_what_follows(tiny_run)
     # stage 2 of both chains, the stage-2 and stage-3 pseudo-labels, stage 3, their evaluations
     assert planned_jobs(proc.stdout) == {"distill_stage2": 2, "hard_labels": 2, "distill_stage3": 2,
                                          "evaluate": 4, "results_table": 1, "all": 1}
+
+
+def test_changing_a_cpsl_stage1_parameter_reruns_cpsl_only(tiny_run):
+    cfg = tiny_config()
+    cfg["cpsl"]["stage1"]["SL_lambda"] = 0.5
+    write_config(tiny_run, cfg)
+    try:
+        proc = snakemake(tiny_run, "-n", "--quiet", "rules")
+    finally:
+        write_config(tiny_run, tiny_config())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # CPSL stage 1 of both chains and everything after it; ProDA and the warm-up artifacts stay
+    assert planned_jobs(proc.stdout) == {"cpsl_stage1": 2, "hard_labels": 4, "distill_stage2": 2,
+                                         "distill_stage3": 2, "evaluate": 6, "results_table": 1, "all": 1}
+
+
+def test_class_distribution_is_the_warmup_argmax_share(tiny_run):
+    from segcore.pseudo.class_distribution import argmax_counts
+    from segcore.pseudo.store import SoftStore
+
+    for chain in CHAINS:
+        obj = json.loads((tiny_run / f"results/{chain}/warmup/class_distribution.json").read_text())
+        with SoftStore(tiny_run / f"results/{chain}/warmup/soft_labels.h5") as store:
+            counts = argmax_counts(store)
+        assert obj["counts"] == counts.tolist() and obj["num_classes"] == len(counts)
+        assert sum(obj["distribution"]) == pytest.approx(1.0)
 
 
 def test_source_only_warmup_mode_reuses_the_source_only_model(tmp_path):

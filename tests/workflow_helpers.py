@@ -26,6 +26,9 @@ def tiny_config(**overrides) -> dict:
         "train": {"batch_size": 2, "crop": [48, 24], "base_width": 64, "iterations": 6, "lr": 0.001,
                   "checkpoint_every": 3, "log_every": 2},
         "proda": {"stage1": {"iterations": 4}, "stage2": {"iterations": 4}, "stage3": {"iterations": 4}},
+        # 2 images x 16 samples per step: the memory of 48 is full after 2 steps, so steps 3-4 use it
+        "cpsl": {"stage1": {"iterations": 4, "samples_per_image": 16, "queue_length": 48},
+                 "stage2": {"iterations": 4}, "stage3": {"iterations": 4}},
         "simclr": {"options": {"iterations": 4, "batch_size": 4, "crop": [48, 24], "log_every": 2}},
         "evaluate": {"batch_size": 4},
     }

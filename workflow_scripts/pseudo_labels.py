@@ -22,6 +22,9 @@ def main():
     p.add_argument("--target", required=True, help="JSON: manifest, split, resize")
     p.add_argument("--num-classes", type=int, required=True)
     p.add_argument("--encoding", default="float16", help="soft store encoding (float16 or topk)")
+    p.add_argument("--conf-thresholds", default="",
+                   help="hard store: comma-separated thresholds the confidence is kept exact for (uint8 codes, "
+                        "a thirtieth of the official files); empty = the float16 confidence (any threshold)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=1)
@@ -41,7 +44,9 @@ def main():
         with SoftWriter(a.out, ds.keys, a.num_classes, (oh, ow), encoding=a.encoding) as writer:
             generate_soft(model, ds, writer, batch_size=a.batch_size, device=device)
     else:
-        with HardWriter(a.out, ds.keys, (h, w), num_classes=a.num_classes, conf_encoding="float16") as writer:
+        listed = [float(t) for t in a.conf_thresholds.split(",") if t.strip()]
+        enc = {"conf_encoding": "thresholds", "conf_thresholds": listed} if listed else {"conf_encoding": "float16"}
+        with HardWriter(a.out, ds.keys, (h, w), num_classes=a.num_classes, **enc) as writer:
             generate_hard(model, ds, writer, batch_size=a.batch_size, flip=True, device=device)
     print(f"{a.out}: {a.kind} pseudo-labels of {len(ds)} images", flush=True)
 

@@ -4,11 +4,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from segcore import preflight
-from segcore.preflight import run_script
-from segcore.train import distill_loop
+from segcore.train import distributed, distill_loop
 
 
 def main():
@@ -26,9 +24,11 @@ def main():
     p.add_argument("--init-kind", required=True, choices=("simclr", "checkpoint"))
     p.add_argument("--out", required=True)
     p.add_argument("--workdir", required=True)
-    p.add_argument("--threads", type=int, default=1)
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    distributed.add_launch_arguments(p)
+    distributed.launch(_run, p.parse_args())
+
+
+def _run(a):
     opts = json.loads(a.options)
     preflight.check_options(opts, "--options")
     preflight.check_data(json.loads(a.source), "--source", batch_size=opts.get("batch_size"))
@@ -42,9 +42,10 @@ def main():
     job = distill_loop.DistillJob(
         source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes, arch=a.arch,
         options=json.loads(a.options), seed=a.seed, teacher=a.teacher, hard_labels=a.hard_labels,
-        student_init=a.student_init, init_kind=a.init_kind, stage=a.stage, out=a.out, workdir=a.workdir)
+        student_init=a.student_init, init_kind=a.init_kind, stage=a.stage, out=a.out, workdir=a.workdir,
+        num_workers=distributed.loader_workers(a.workers))
     distill_loop.run(job, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(main, "train_distill.py"))
+    sys.exit(distributed.run_script(main, "train_distill.py"))

@@ -4,11 +4,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from segcore import preflight
-from segcore.preflight import run_script
-from segcore.train import proda_stage1
+from segcore.train import distributed, proda_stage1
 
 
 def main():
@@ -23,9 +21,11 @@ def main():
     p.add_argument("--soft-labels", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--workdir", required=True)
-    p.add_argument("--threads", type=int, default=1)
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    distributed.add_launch_arguments(p)
+    distributed.launch(_run, p.parse_args())
+
+
+def _run(a):
     opts = json.loads(a.options)
     preflight.check_options(opts, "--options")
     preflight.check_data(json.loads(a.source), "--source", batch_size=opts.get("batch_size"))
@@ -37,9 +37,10 @@ def main():
     job = proda_stage1.Stage1Job(
         source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes,
         options=json.loads(a.options), seed=a.seed, init=a.init, prototypes=a.prototypes,
-        soft_labels=a.soft_labels, out=a.out, workdir=a.workdir)
+        soft_labels=a.soft_labels, out=a.out, workdir=a.workdir,
+        num_workers=distributed.loader_workers(a.workers))
     proda_stage1.run(job, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(main, "train_proda_stage1.py"))
+    sys.exit(distributed.run_script(main, "train_proda_stage1.py"))

@@ -7,11 +7,9 @@ import argparse
 import json
 import sys
 
-import torch
 
 from segcore import preflight
-from segcore.preflight import run_script
-from segcore.train import simclr_loop
+from segcore.train import distributed, simclr_loop
 
 
 def main(argv=None):
@@ -24,10 +22,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--workdir", required=True, help="folder of the rolling resume state")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
+    distributed.add_launch_arguments(p)
+    distributed.launch(_run, p.parse_args(argv))
+
+
+def _run(a):
     images = json.loads(a.images)
     if isinstance(images, dict):
         images = [images]
@@ -37,9 +36,9 @@ def main(argv=None):
         preflight.check_data(spec, "--images", labels=False)
     job = simclr_loop.SimCLRJob(images=images, arch=a.arch, num_classes=a.num_classes,
                                 options=opts, seed=a.seed, out=a.out, workdir=a.workdir,
-                                num_workers=a.workers)
+                                num_workers=distributed.loader_workers(a.workers))
     simclr_loop.run(job, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(main, "train_simclr.py"))
+    sys.exit(distributed.run_script(main, "train_simclr.py"))

@@ -4,11 +4,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from segcore import preflight
-from segcore.preflight import run_script
-from segcore.train import source_loop
+from segcore.train import distributed, source_loop
 
 
 def main():
@@ -23,9 +21,11 @@ def main():
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--workdir", required=True)
-    p.add_argument("--threads", type=int, default=1)
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    distributed.add_launch_arguments(p)
+    distributed.launch(_run, p.parse_args())
+
+
+def _run(a):
     opts = json.loads(a.options)
     preflight.check_options(opts, "--options")
     preflight.check_data(json.loads(a.labelled), "--labelled", batch_size=opts.get("batch_size"))
@@ -36,10 +36,11 @@ def main():
     job = source_loop.SupervisedJob(
         mode=a.mode, labelled=json.loads(a.labelled), num_classes=a.num_classes, arch=a.arch,
         options=json.loads(a.options), seed=a.seed, out=a.out, workdir=a.workdir,
+        num_workers=distributed.loader_workers(a.workers),
         unlabelled=json.loads(a.unlabelled) if a.unlabelled else None,
         imagenet_weights=a.imagenet_weights or None)
     source_loop.run(job, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(main, "train_source.py"))
+    sys.exit(distributed.run_script(main, "train_source.py"))

@@ -123,9 +123,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
 class _EndlessBatches:
     """Batch sampler yielding lists of (index, view_seed) forever, reshuffled each epoch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool, sampler=None, start: int = 0):
+    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool, sampler=None, start: int = 0,
+                 shard: slice | None = None):
         self.n, self.batch_size, self.seed, self.drop_last, self.sampler = n, batch_size, seed, drop_last, sampler
-        self.start = start
+        self.start, self.shard = start, shard
 
     def __iter__(self):
         skip = self.start
@@ -146,21 +147,33 @@ class _EndlessBatches:
                 if skip:  # resume: skip already consumed batches without loading them
                     skip -= 1
                     continue
-                yield pairs[begin:begin + self.batch_size]
+                batch = pairs[begin:begin + self.batch_size]
+                yield batch if self.shard is None else batch[self.shard]
 
 
 def infinite_loader(dataset, batch_size: int, seed: int, num_workers: int = 0, drop_last: bool = True, sampler=None,
-                    pin_memory: bool = False, start: int = 0):
+                    pin_memory: bool = False, start: int = 0, rank: int = 0, world_size: int = 1):
     """Yield batches (default_collate dicts) forever; epoch ``e`` is shuffled with ``seed + e``.
 
     ``sampler`` (e.g. a ``DistributedSampler``) replaces the shuffle; its ``set_epoch`` is
     called each epoch. Views are seeded per sample (see the module docstring). ``start``
     skips that many batches without loading them (resume at iteration ``start``: the
     batches that follow are the ones an uninterrupted run would have seen).
+
+    Data parallelism: ``batch_size`` is the GLOBAL batch; with ``world_size`` > 1 this
+    process gets the contiguous slice ``rank`` (``batch_size / world_size`` samples) of each
+    global batch, which is built exactly as with one process. Only that slice is loaded.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batches = _EndlessBatches(len(dataset), batch_size, int(seed), drop_last, sampler, int(start))
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} / world_size {world_size} out of range")
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the number of processes {world_size} "
+                         f"(the batch size is global: choose a process count that divides it)")
+    local = batch_size // world_size
+    shard = None if world_size == 1 else slice(rank * local, (rank + 1) * local)
+    batches = _EndlessBatches(len(dataset), batch_size, int(seed), drop_last, sampler, int(start), shard)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
         persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(int(seed)),

@@ -47,11 +47,10 @@ def read_label8(path) -> np.ndarray:
     return np.asarray(img)
 
 
-def read_png_unchanged(path) -> np.ndarray:
-    """HxWxC array of a PNG at its stored bit depth (uint8 or uint16)."""
+def _decode_png_unchanged(path):
+    """CxHxW torch tensor of a PNG at its stored bit depth (uint8 or uint16)."""
     import warnings
 
-    import torch
     from torchvision.io import ImageReadMode, decode_png, read_file
 
     path = Path(path)
@@ -62,20 +61,30 @@ def read_png_unchanged(path) -> np.ndarray:
         # are still the one reader of 16-bit RGB PNGs in our pinned stack.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            t = decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)
+            return decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)
     except Exception as exc:
         raise BadInputError(f"{path}: cannot decode PNG ({exc})") from None
+
+
+def read_png_unchanged(path) -> np.ndarray:
+    """HxWxC array of a PNG at its stored bit depth (uint8 or uint16)."""
+    import torch
+
+    t = _decode_png_unchanged(path)
     if t.dtype == torch.uint16:
         return t.permute(1, 2, 0).numpy().astype(np.uint16)
     return t.permute(1, 2, 0).numpy()
 
 
 def read_synthia_label(path) -> np.ndarray:
-    """HxW uint16 SYNTHIA class ids (channel 0 of the 16-bit label PNG)."""
-    arr = read_png_unchanged(path)
-    if arr.dtype != np.uint16:
-        raise BadInputError(f"{path}: expected a 16-bit SYNTHIA label PNG, got {arr.dtype.name} ({arr.shape[-1]} channel(s))")
-    return arr[..., 0]
+    """HxW uint16 SYNTHIA class ids (channel 0 of the 16-bit label PNG; a view, not a copy)."""
+    import torch
+
+    t = _decode_png_unchanged(path)
+    if t.dtype != torch.uint16:
+        raise BadInputError(f"{path}: expected a 16-bit SYNTHIA label PNG, got {str(t.dtype).replace('torch.', '')}"
+                            f" ({t.shape[0]} channel(s))")
+    return t[0].numpy()
 
 
 def png_size(path) -> tuple[int, int]:
@@ -90,9 +99,10 @@ def png_size(path) -> tuple[int, int]:
         raise BadInputError(f"{path}: cannot read image header ({exc})") from None
 
 
-def write_png(path, array: np.ndarray, palette: list[int] | None = None) -> None:
-    """Write a uint8 HxW (grey, or palette if given) or HxWx3 PNG atomically."""
-    img = Image.fromarray(np.ascontiguousarray(array))
+def write_png(path, array, palette: list[int] | None = None) -> None:
+    """Write a uint8 HxW (grey, or palette if given) or HxWx3 PNG atomically (``array`` may
+    also be a Pillow image, saved as it is: no copy)."""
+    img = array if isinstance(array, Image.Image) else Image.fromarray(np.ascontiguousarray(array))
     if palette is not None:
         img = img.convert("P") if img.mode != "P" else img
         img.putpalette(palette)

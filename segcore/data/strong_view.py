@@ -427,7 +427,9 @@ def warp_to_strong(x: Tensor, params: ViewParams, mode: str = "nearest", fill=IG
         raise ValueError(f"warp_to_strong: mode 'bilinear' needs a float map, got {x.dtype}")
     n, _, h, w = x.shape
     dev = x.device
-    steps, box, has = steps.to(dev, torch.float64), box.to(dev), has.to(dev)
+    # non_blocking: the params stay on the CPU (pinned by the loader) in the training loops
+    steps, box, has = (steps.to(dev, non_blocking=True).to(torch.float64), box.to(dev, non_blocking=True),
+                       has.to(dev, non_blocking=True))
     work = x if x.is_floating_point() else x.to(torch.float32)
     gdtype = work.dtype if work.dtype in (torch.float32, torch.float64) else torch.float32
 

@@ -18,10 +18,11 @@ from .transforms import WeakView, apply_view
 class TargetViews(torch.utils.data.Dataset):
     def __init__(self, base: SegmentationDataset, weak: WeakView, strong: StrongView | None = None,
                  soft_store=None, hard_store=None, threshold: float | None = None, label_stride: int = 4,
-                 keep_full: bool = True):
+                 keep_full: bool = True, keep_soft_full: bool = False):
         self.base, self.weak, self.strong = base, weak, strong
         self.soft, self.hard, self.threshold = soft_store, hard_store, threshold
         self.stride, self.keep_full = label_stride, keep_full
+        self.keep_soft_full = keep_soft_full  # also the soft label on the full image's grid (CPSL)
 
     def __len__(self):
         return len(self.base)
@@ -39,7 +40,10 @@ class TargetViews(torch.utils.data.Dataset):
             out["strong"], ps = self.strong(weak, generator=g)
             out["strong_view"] = ps
         if self.soft is not None:
-            out["soft"] = apply_view(self.soft[index], pw, "bilinear", stride=self.stride)
+            soft = self.soft[index]
+            out["soft"] = apply_view(soft, pw, "bilinear", stride=self.stride)
+            if self.keep_soft_full:
+                out["soft_full"] = soft
         if self.hard is not None:
             if self.threshold is None:
                 label = self.hard.get(index)[0]

@@ -124,14 +124,16 @@ def apply_view(x: Tensor, params: ViewParams, mode: str, stride: int = 1, fill=N
         fill = IGNORE_INDEX if mode == "nearest" else 0.0
     n, _, hin, win = x.shape
     dev = x.device
-    size, crop, flip = size.to(dev), crop.to(dev), flip.to(dev)
+    # the crop size is the same for the whole batch; read it before the params move to the
+    # map's device (the params stay on the CPU in the training loops: no host-device sync)
+    th = int((crop[0, 1] - crop[0, 0]) // stride)
+    tw = int((crop[0, 3] - crop[0, 2]) // stride)
+    size, crop, flip = (t.to(dev, non_blocking=True) for t in (size, crop, flip))
 
     hs = torch.div(size[:, 0], stride, rounding_mode="floor").clamp_min(1)  # official int(h/4)
     ws = torch.div(size[:, 1], stride, rounding_mode="floor").clamp_min(1)
     y1 = torch.div(crop[:, 0], stride, rounding_mode="floor")
     x1 = torch.div(crop[:, 2], stride, rounding_mode="floor")
-    th = int((crop[0, 1] - crop[0, 0]) // stride)  # the crop size is the same for the whole batch
-    tw = int((crop[0, 3] - crop[0, 2]) // stride)
 
     # coordinates in the scaled map of every output pixel (flip applied after the crop)
     r = y1[:, None] + torch.arange(th, device=dev)[None]  # [N, th]
@@ -154,7 +156,7 @@ def apply_view(x: Tensor, params: ViewParams, mode: str, stride: int = 1, fill=N
         gx = 2.0 * c.to(x.dtype) / (ws[:, None] - 1).clamp_min(1).to(x.dtype) - 1.0
         grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # [N, th, tw, 2]
         out = F.grid_sample(x, grid.clamp(-1.0, 1.0), mode="bilinear", padding_mode="border", align_corners=True)
-    if not bool(valid.all()):
+    if dev.type != "cpu" or not bool(valid.all()):  # no bool() of a device tensor (a sync)
         out = out.masked_fill(~valid[:, None], fill)
     out = out.contiguous()
     if not batched:

@@ -3,7 +3,8 @@
 All take logits (N, C, H, W) and labels (N, H, W) with IGNORE_INDEX = 255 (the official code
 uses 250). Every loss that averages over valid pixels returns 0 (with a graph) when there is
 none, instead of the NaN of ``F.cross_entropy``: a batch of fully-thresholded pseudo-labels
-must not poison training.
+must not poison training. Under DDP the valid-pixel counts are summed over the ranks
+(``segcore.train.distributed.global_mean``), so the averaged gradient is the single-process one.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.classes import IGNORE_INDEX
+from ..train.distributed import global_mean
 
 RCE_LOG_CLAMP = 1e-4    # one-hot clamp of the official RCE: -log(1e-4) = 9.2103
 RCE_PROB_CLAMP = 1e-7   # probability clamp of the official RCE
@@ -21,7 +23,7 @@ RCE_PROB_CLAMP = 1e-7   # probability clamp of the official RCE
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore: int = IGNORE_INDEX) -> torch.Tensor:
     """Pixel cross-entropy, mean over non-ignored pixels (0 if none)."""
     total = F.cross_entropy(logits, labels, ignore_index=ignore, reduction="sum")
-    return total / (labels != ignore).sum().clamp(min=1)
+    return global_mean(total, (labels != ignore).sum(), min_count=1)  # DDP: count over all ranks
 
 
 def rce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore: int = IGNORE_INDEX) -> torch.Tensor:
@@ -39,7 +41,7 @@ def rce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore: int = IGNORE_IN
     p_y = p.gather(1, y[:, None]).squeeze(1)
     per_pixel = -math.log(RCE_LOG_CLAMP) * (p.sum(dim=1) - p_y)
     per_pixel = torch.where(valid, per_pixel, torch.zeros_like(per_pixel))
-    return per_pixel.sum() / (valid.sum() + 1e-6)
+    return global_mean(per_pixel.sum(), valid.sum(), eps=1e-6)
 
 
 def ce_rce(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 0.1, beta: float = 1.0,
@@ -69,7 +71,7 @@ def masked_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: 
     kl = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(dim=1)   # (N, h, w)
     mask = mask.bool()
     kl = torch.where(mask, kl, torch.zeros_like(kl))
-    return kl.sum() / (mask.sum() * teacher_logits.shape[1]).clamp(min=1)
+    return global_mean(kl.sum(), mask.sum() * teacher_logits.shape[1], min_count=1)
 
 
 def proto_consistency_kl(teacher_dist: torch.Tensor, student_dist: torch.Tensor, mask: torch.Tensor,

@@ -48,7 +48,8 @@ def stage1_target_losses(student, teacher, protos, batch, opts):
     size_q = batch["soft"].shape[-2:]
     with torch.no_grad():
         t = teacher(batch["full"])
-        feat_w = apply_view(t["feat"], batch["view"], "bilinear", stride=stride)
+        # float32: under bf16 autocast the sampling coordinates must not be rounded to bf16
+        feat_w = apply_view(t["feat"].float(), batch["view"], "bilinear", stride=stride)
         labels, dist = rectified_labels(feat_w, batch["soft"], protos, opts["proto_temperature"], opts["train_thred"])
     logits_w = upsample(student(batch["weak"])["out"], size_q)
     loss_st = self_training_loss(logits_w, labels, opts)

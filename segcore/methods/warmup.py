@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.classes import IGNORE_INDEX
+from ..train import distributed as D
 
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0
 
@@ -16,7 +17,13 @@ def upsample(logits: torch.Tensor, size) -> torch.Tensor:
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(upsample(logits, labels.shape[-2:]), labels, ignore_index=IGNORE_INDEX)
+    """Cross-entropy at label resolution, mean over non-ignored pixels (of the global batch
+    under DDP: the count is summed over ranks, see ``distributed.global_mean``)."""
+    up = upsample(logits, labels.shape[-2:])
+    if not D.active():
+        return F.cross_entropy(up, labels, ignore_index=IGNORE_INDEX)
+    total = F.cross_entropy(up, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return D.global_mean(total, (labels != IGNORE_INDEX).sum())
 
 
 def ls_gan_loss(d_out: torch.Tensor, label: float) -> torch.Tensor:

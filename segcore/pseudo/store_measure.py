@@ -4,7 +4,8 @@
 case (19 classes, soft 129x257, hard 1024x2048; logits = scale x bilinearly upsampled noise).
 At scale 5, per image: soft float16 962 kB (38% of the official float32 .npy), soft topk
 (k=3) 125 kB (4.9%); hard grid 637 kB (14.9% of the official label PNG + float16 .npy),
-hard float16 1.36 MB (31.7%). Of the hard store's bytes about 95 kB are the label.
+hard float16 1.36 MB (31.7%), hard thresholds (0.9/0.95/0.99) 155 kB (3.6%). Of the hard
+store's bytes about 95 kB are the label.
 
 ``python -m segcore.pseudo.store_measure [scale]`` runs the same measurement.
 """
@@ -68,7 +69,8 @@ def _measure(n=3, num_classes=19, soft_hw=(129, 257), full_hw=(1024, 2048), scal
         official_hard = official_conf + png / n
         for enc in CONF_ENCODINGS:
             path = Path(tmp) / f"hard_{enc}.h5"
-            with HardWriter(path, keys, full_hw, num_classes, conf_encoding=enc) as w:
+            listed = (0.9, 0.95, 0.99) if enc == "thresholds" else None
+            with HardWriter(path, keys, full_hw, num_classes, conf_encoding=enc, conf_thresholds=listed) as w:
                 for i in range(n):
                     w.write(i, labels[i], confs[i])
             store = HardStore(path, keys, num_classes)

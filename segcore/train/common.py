@@ -1,13 +1,18 @@
-"""Small pieces every training loop shares."""
+"""Small pieces every training loop shares: optimiser, BN freezing, progress lines, data
+sets, resume, and the device side (``Accel``: device placement, bf16 autocast, channels_last,
+torch.compile)."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 
 import torch
 
-from ..data.datasets import SegmentationDataset
+from ..data.datasets import SegmentationDataset, infinite_loader
 from ..data.transforms import WeakView
 from ..models.deeplabv2 import param_groups
+from . import distributed as D
 from .rng import get_rng_state, set_rng_state
 
 
@@ -25,7 +30,11 @@ def freeze_bn(model) -> None:
 
 
 class Progress:
-    """Prints losses every ``every`` iterations (one .item() per logged value, not per step)."""
+    """Prints losses every ``every`` iterations (one .item() per logged value, not per step).
+
+    Under DDP every rank calls it every iteration; at a logging iteration the values are
+    averaged over the ranks (one collective: the global batch's losses, see
+    ``distributed.global_mean``) and rank 0 prints them."""
 
     def __init__(self, total: int, start: int, every: int, log=print):
         self.total, self.start, self.every, self.log, self.t0 = total, start, every, log, time.time()
@@ -33,9 +42,76 @@ class Progress:
     def __call__(self, done: int, lr: float, logs: dict) -> None:
         if done % self.every and done != self.total:
             return
+        logs = D.reduce_logs(logs)
+        if not D.is_main():
+            return
         rate = (done - self.start) / max(time.time() - self.t0, 1e-9)
         values = " ".join(f"{k} {float(v):.4f}" for k, v in logs.items())
         self.log(f"it {done}/{self.total} lr {lr:.2e} {values} ({rate:.2f} it/s)")
+
+
+def main_log(log):
+    """``log`` on rank 0, a no-op on the other ranks."""
+    return log if D.is_main() else (lambda *a, **k: None)
+
+
+@dataclasses.dataclass
+class Accel:
+    """Where and how the step runs. ``amp`` (bf16 autocast) and ``channels_last`` act on CUDA
+    only (no-ops on the CPU); ``compile`` (torch.compile of the networks) on any device."""
+
+    device: torch.device
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def from_options(cls, opts: dict, device=None) -> "Accel":
+        dev = torch.device(device) if device is not None else D.device()
+        cuda = dev.type == "cuda"
+        return cls(dev, amp=cuda and bool(opts.get("amp", True)),
+                   channels_last=cuda and bool(opts.get("channels_last", True)),
+                   compile=bool(opts.get("compile", False)))
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        """bf16 autocast of the forward passes and losses (no GradScaler needed for bf16);
+        the prototype distances and class means run in float32 inside it by construction."""
+        if self.amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def place(self, *modules):
+        """Move modules to the device (channels_last weights on CUDA when enabled)."""
+        for m in modules:
+            m.to(self.device)
+            if self.channels_last:
+                m.to(memory_format=torch.channels_last)
+        return modules[0] if len(modules) == 1 else modules
+
+    def compiled(self, *modules) -> None:
+        """torch.compile the modules in place (same parameters and state_dict keys)."""
+        if self.compile:
+            for m in modules:
+                m.compile()
+
+    def batch(self, batch: dict) -> dict:
+        """The batch's tensors on the device (asynchronous from the loader's pinned memory);
+        nested dicts (view parameters, read on the host by the warps) stay on the CPU."""
+        out = {}
+        for k, v in batch.items():
+            if torch.is_tensor(v) and v.device != self.device:
+                v = v.to(self.device, non_blocking=True)
+                if self.channels_last and v.dim() == 4 and v.is_floating_point():
+                    v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
+        return out
+
+    def loader_kwargs(self, num_workers: int) -> dict:
+        return {"num_workers": num_workers, "pin_memory": self.cuda, "rank": D.rank(), "world_size": D.world_size()}
 
 
 def weak_view(opts) -> WeakView:
@@ -57,7 +133,8 @@ def image_set(spec: dict, num_classes: int) -> SegmentationDataset:
 
 def restore(state, parts: dict, log=print) -> int:
     """Load a rolling resume state into ``parts`` (name -> object with load_state_dict) and the
-    RNGs; return the iteration to start from (0 when there is nothing to resume)."""
+    RNGs; return the iteration to start from (0 when there is nothing to resume). Every rank
+    reads the same file (rank 0 wrote it), so every rank resumes the same state."""
     saved = state.load()
     if saved is None:
         return 0
@@ -69,4 +146,24 @@ def restore(state, parts: dict, log=print) -> int:
 
 
 def snapshot(state, iteration: int, parts: dict) -> None:
-    state.save({"iteration": iteration, "rng": get_rng_state(), **{k: p.state_dict() for k, p in parts.items()}})
+    """Write the rolling resume state (rank 0 only: the state is the same on every rank)."""
+    if D.is_main():
+        state.save({"iteration": iteration, "rng": get_rng_state(), **{k: p.state_dict() for k, p in parts.items()}})
+
+
+def source_target_batches(src, tgt, opts, seed: int, start: int, accel, num_workers=None):
+    """The source and target iterators of a self-training loop (seeds ``seed`` and ``seed + 1``),
+    resumed at iteration ``start``."""
+    loader = accel.loader_kwargs(num_workers)
+    return (infinite_loader(src, opts["batch_size"], seed, start=start, **loader),
+            infinite_loader(tgt, opts["batch_size"], seed + 1, start=start, **loader))
+
+
+def begin_training(model, opts, start: int, log=print):
+    """Put ``model`` in train mode (BatchNorm frozen when ``freeze_bn``); return the number of
+    iterations, the poly-schedule horizon and the progress printer."""
+    model.train()
+    if opts["freeze_bn"]:
+        freeze_bn(model)
+    total = opts["iterations"]
+    return total, opts["poly_horizon"] or total, Progress(total, start, opts["log_every"], log)

@@ -1,11 +1,16 @@
-"""The loop of ProDA/CPSL stages 2 and 3 (knowledge distillation into a fresh student)."""
+"""The loop of ProDA/CPSL stages 2 and 3 (knowledge distillation into a fresh student).
+
+Data parallel (``segcore.train.distributed``): each rank takes its slice of the global
+batch; the pseudo-label CE uses the global valid-pixel count (the KD term is a plain mean);
+the student's BN uses the global batch's statistics (the teacher is frozen, eval mode);
+gradients are averaged; rank 0 logs and writes.
+"""
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
 from ..data.classes import class_names
-from ..data.datasets import infinite_loader
 from ..data.strong_view import StrongView
 from ..data.target_views import TargetViews
 from ..methods.distill import distill_target_loss
@@ -14,7 +19,8 @@ from ..models.checkpoint import load_model, save_model
 from ..models.deeplabv2 import build_deeplabv2
 from ..models.weights import load_simclr_backbone
 from ..pseudo.store import HardStore
-from .common import Progress, freeze_bn, image_set, labelled_set, make_sgd, restore, snapshot, weak_view
+from . import distributed as D
+from .common import Accel, begin_training, source_target_batches, image_set, labelled_set, main_log, make_sgd, restore, snapshot, weak_view
 from .resume import RollingState, fingerprint
 from .rng import seed_everything
 from .schedule import poly_factor, set_lr
@@ -36,6 +42,7 @@ class DistillJob:
     out: str
     workdir: str
     num_workers: int = 0
+    device: str | None = None         # None: the process's device (distributed.device())
 
 
 def build_student(job: DistillJob):
@@ -48,39 +55,45 @@ def build_student(job: DistillJob):
 
 def run(job: DistillJob, log=print) -> dict:
     opts = job.options
+    D.local_batch(opts["batch_size"])
+    accel = Accel.from_options(opts, job.device)
+    log = main_log(log)
     seed_everything(job.seed)
-    student = build_student(job)
+    student = accel.place(D.prepare_model(build_student(job)))
     teacher, _ = load_model(job.teacher, expect_num_classes=job.num_classes)
-    teacher.eval().requires_grad_(False)
+    teacher = accel.place(teacher.eval().requires_grad_(False))
     optimizer = make_sgd(student, opts)
 
     src = labelled_set(job.source, job.num_classes, opts)
     base = image_set(job.target, job.num_classes)
     hard = HardStore(job.hard_labels, expect_keys=base.keys, expect_classes=job.num_classes)
+    if opts["threshold"] is not None and not hard.supports(opts["threshold"]):  # fail now, not in a loader worker
+        hard.thresholded(0, opts["threshold"])  # raises the store's one-line error naming the file
     strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"])
     tgt = TargetViews(base, weak_view(opts), strong, hard_store=hard, threshold=opts["threshold"],
                       label_stride=opts["label_stride"], keep_full=False)
 
     state = RollingState(Path(job.workdir) / "resume.pt", opts["checkpoint_every"],
-                         fingerprint(dataclasses.asdict(job) | {"workdir": None, "num_workers": None}))
+                         fingerprint(dataclasses.asdict(job) | {"workdir": None, "num_workers": None, "device": None}))
     parts = {"model": student, "optimizer": optimizer}
     start = restore(state, parts, log)
+    D.broadcast_module(student)
+    accel.compiled(student, teacher)
 
-    src_iter = infinite_loader(src, opts["batch_size"], job.seed, num_workers=job.num_workers, start=start)
-    tgt_iter = infinite_loader(tgt, opts["batch_size"], job.seed + 1, num_workers=job.num_workers, start=start)
-    total, horizon = opts["iterations"], opts["poly_horizon"] or opts["iterations"]
-    student.train()
-    if opts["freeze_bn"]:
-        freeze_bn(student)
-    progress = Progress(total, start, opts["log_every"], log)
+    src_iter, tgt_iter = source_target_batches(src, tgt, opts, job.seed, start, accel, job.num_workers)
+    total, horizon, progress = begin_training(student, opts, start, log)
     for it in range(start, total):
         set_lr(optimizer, poly_factor(it, horizon, opts["poly_power"]))
         optimizer.zero_grad(set_to_none=True)
-        s = next(src_iter)
-        loss_src = segmentation_loss(student(s["image"])["out"], s["label"])
+        s = accel.batch(next(src_iter))
+        with accel.autocast():
+            loss_src = segmentation_loss(student(s["image"])["out"], s["label"])
         loss_src.backward()
-        loss_tgt, logs = distill_target_loss(student, teacher, next(tgt_iter), opts)
+        t = accel.batch(next(tgt_iter))
+        with accel.autocast():
+            loss_tgt, logs = distill_target_loss(student, teacher, t, opts)
         loss_tgt.backward()
+        D.average_gradients(student.parameters())
         optimizer.step()
         done = it + 1
         progress(done, optimizer.param_groups[0]["lr"], {"src": loss_src.detach(), **logs})
@@ -90,6 +103,8 @@ def run(job: DistillJob, log=print) -> dict:
     meta = {"arch": job.arch, "num_classes": job.num_classes, "bn_clr": True,
             "classes": list(class_names(job.num_classes)), "stage": job.stage, "iterations": total,
             "init": job.init_kind}
-    save_model(job.out, student, meta)
-    state.clear()
+    D.assert_same(student, what="student")
+    if D.is_main():
+        save_model(job.out, student, meta)
+        state.clear()
     return meta

@@ -7,6 +7,11 @@ Official behaviour, reproduced by default:
 * the teacher is never put in eval mode (``CustomModel.train/eval`` skip it), so its forward
   uses batch-statistics BN and active dropout. ``train_mode=False`` switches to eval mode.
 
+Under DDP the teacher is identical on every rank: it starts from the same weights and is
+updated from identical students (averaged gradients, globally synchronised BN buffers); its
+train-mode forward uses the global batch's BN statistics when the student was passed through
+``distributed.prepare_model`` before the copy.
+
 The teacher is deliberately not an ``nn.Module``: a parent's ``.train()``/``.eval()``, an
 optimiser built from ``.parameters()`` or a DDP wrapper cannot reach it by accident.
 """
@@ -51,10 +56,14 @@ class EMATeacher:
         if len(t_params) != len(s_params) or len(t_bufs) != len(s_bufs):
             raise ValueError("student and teacher have different parameters/buffers")
         m = self.momentum
-        for t, s in zip(t_params, s_params):
-            t.mul_(m).add_(s.detach(), alpha=1.0 - m)
+        # multi-tensor ops: one kernel per group on the GPU instead of one per tensor
+        torch._foreach_mul_(t_params, m)
+        torch._foreach_add_(t_params, [s.detach() for s in s_params], alpha=1.0 - m)
+        if self.copy_buffers:
+            torch._foreach_copy_(t_bufs, s_bufs)
+            return
         for t, s in zip(t_bufs, s_bufs):
-            if self.copy_buffers or not t.is_floating_point():
+            if not t.is_floating_point():
                 t.copy_(s)
             else:
                 t.mul_(m).add_(s, alpha=1.0 - m)

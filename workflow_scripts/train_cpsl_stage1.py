@@ -1,0 +1,47 @@
+"""CPSL stage 1: class-balanced pixel-level self-labeling from the warm-up model (rules/cpsl.smk)."""
+import argparse
+import json
+import sys
+
+from segcore import preflight
+from segcore.pseudo.class_distribution import read_class_distribution
+from segcore.train import cpsl_stage1, distributed
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--source", required=True, help="JSON: manifest, split, resize of the labelled source set")
+    p.add_argument("--target", required=True, help="JSON: manifest, split, resize of the target train set")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--options", required=True, help="JSON of the stage's options")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--init", required=True, help="warm-up checkpoint")
+    p.add_argument("--prototypes", required=True, help="initial prototypes of the warm-up model")
+    p.add_argument("--soft-labels", required=True)
+    p.add_argument("--class-distribution", required=True, help="class prior JSON (class_distribution rule)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--out-prototypes", required=True)
+    p.add_argument("--workdir", required=True)
+    distributed.add_launch_arguments(p)
+    distributed.launch(_run, p.parse_args())
+
+
+def _run(a):
+    opts = json.loads(a.options)
+    preflight.check_options(opts, "--options")
+    preflight.check_data(json.loads(a.source), "--source", batch_size=opts.get("batch_size"))
+    keys = preflight.check_data(json.loads(a.target), "--target", batch_size=opts.get("batch_size"), labels=False)
+    preflight.check_checkpoint(a.init, num_classes=a.num_classes)
+    preflight.check_store(a.soft_labels, "soft", keys, a.num_classes)
+    cpsl_stage1.load_initial_prototypes(a.prototypes, a.num_classes)
+    read_class_distribution(a.class_distribution, a.num_classes)
+    job = cpsl_stage1.CPSLStage1Job(
+        source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes, options=opts,
+        seed=a.seed, init=a.init, prototypes=a.prototypes, soft_labels=a.soft_labels,
+        class_distribution=a.class_distribution, out=a.out, out_prototypes=a.out_prototypes, workdir=a.workdir,
+        num_workers=distributed.loader_workers(a.workers))
+    cpsl_stage1.run(job, log=lambda s: print(s, flush=True))
+
+
+if __name__ == "__main__":
+    sys.exit(distributed.run_script(main, "train_cpsl_stage1.py"))
