@@ -18,6 +18,7 @@ status 2. ``SEGCORE_TRACEBACK=1`` prints the traceback first.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -127,3 +128,22 @@ def check_store(path, kind: str, keys, num_classes: int) -> None:
 
 __all__ = ["BadInputError", "run_script", "one_line", "check_options", "check_data", "checkpoint_meta",
            "check_checkpoint", "check_store"]
+
+
+def add_source_target_arguments(parser) -> None:
+    """The arguments of a self-training stage's script: both sets, class count, options, seed."""
+    parser.add_argument("--source", required=True, help="JSON: manifest, split, resize of the labelled source set")
+    parser.add_argument("--target", required=True, help="JSON: manifest, split, resize of the target train set")
+    parser.add_argument("--num-classes", type=int, required=True)
+    parser.add_argument("--options", required=True, help="JSON of the stage's options")
+    parser.add_argument("--seed", type=int, required=True)
+
+
+def check_source_target(args) -> tuple[dict, list]:
+    """Check the arguments of ``add_source_target_arguments``; return the options and the
+    target image keys (which the stage's pseudo-label store must match)."""
+    opts = json.loads(args.options)
+    check_options(opts, "--options")
+    check_data(json.loads(args.source), "--source", batch_size=opts.get("batch_size"))
+    keys = check_data(json.loads(args.target), "--target", batch_size=opts.get("batch_size"), labels=False)
+    return opts, keys

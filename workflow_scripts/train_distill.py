@@ -12,12 +12,8 @@ from segcore.train import distributed, distill_loop
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--stage", required=True)
-    p.add_argument("--source", required=True, help="JSON: manifest, split, resize of the labelled source set")
-    p.add_argument("--target", required=True, help="JSON: manifest, split, resize of the target train set")
-    p.add_argument("--num-classes", type=int, required=True)
+    preflight.add_source_target_arguments(p)
     p.add_argument("--arch", required=True)
-    p.add_argument("--options", required=True, help="JSON of the stage's options")
-    p.add_argument("--seed", type=int, required=True)
     p.add_argument("--teacher", required=True)
     p.add_argument("--hard-labels", required=True)
     p.add_argument("--student-init", required=True)
@@ -29,10 +25,7 @@ def main():
 
 
 def _run(a):
-    opts = json.loads(a.options)
-    preflight.check_options(opts, "--options")
-    preflight.check_data(json.loads(a.source), "--source", batch_size=opts.get("batch_size"))
-    keys = preflight.check_data(json.loads(a.target), "--target", batch_size=opts.get("batch_size"), labels=False)
+    opts, keys = preflight.check_source_target(a)
     preflight.check_checkpoint(a.teacher, num_classes=a.num_classes)
     if a.init_kind == "checkpoint":
         preflight.check_checkpoint(a.student_init, num_classes=a.num_classes, arch=a.arch)

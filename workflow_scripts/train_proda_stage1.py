@@ -11,11 +11,7 @@ from segcore.train import distributed, proda_stage1
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--source", required=True, help="JSON: manifest, split, resize of the labelled source set")
-    p.add_argument("--target", required=True, help="JSON: manifest, split, resize of the target train set")
-    p.add_argument("--num-classes", type=int, required=True)
-    p.add_argument("--options", required=True, help="JSON of the stage's options")
-    p.add_argument("--seed", type=int, required=True)
+    preflight.add_source_target_arguments(p)
     p.add_argument("--init", required=True, help="warm-up checkpoint")
     p.add_argument("--prototypes", required=True)
     p.add_argument("--soft-labels", required=True)
@@ -26,10 +22,7 @@ def main():
 
 
 def _run(a):
-    opts = json.loads(a.options)
-    preflight.check_options(opts, "--options")
-    preflight.check_data(json.loads(a.source), "--source", batch_size=opts.get("batch_size"))
-    keys = preflight.check_data(json.loads(a.target), "--target", batch_size=opts.get("batch_size"), labels=False)
+    opts, keys = preflight.check_source_target(a)
     preflight.check_checkpoint(a.init, num_classes=a.num_classes)
     preflight.check_store(a.soft_labels, "soft", keys, a.num_classes)
     if not Path(a.prototypes).is_file():

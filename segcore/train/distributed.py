@@ -27,7 +27,7 @@ process does on the whole global batch.
   need nothing (equal shards).
 * **Batch-coupled layers.** ``prepare_model``: BatchNorm in training mode computes its
   statistics over the global batch (``torch.nn.SyncBatchNorm`` on CUDA, the differentiable
-  ``GlobalBatchNorm`` below on CPU / gloo); frozen BN (``freeze_bn``, eval mode) is left
+  ``GlobalBatchNorm`` of global_batch_layers.py on CPU / gloo); frozen BN (``freeze_bn``, eval mode) is left
   alone. ``Dropout2d`` draws the mask of the whole global batch from the (identically
   seeded) RNG on every rank and keeps its slice (``GlobalDropout2d``), so the masks, and the
   RNG streams, are those of the single process. Both replacements keep the state_dict keys.
@@ -409,76 +409,6 @@ def assert_same(*items, what: str = "state") -> None:
         raise RuntimeError(f"{what} differs between ranks (checksums of rank 0 and of another rank differ)")
 
 
-# ----------------------------------------------------------------------------- batch-coupled layers
-
-class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training-mode statistics are those of the global batch (all ranks),
-    differentiable, on any backend (torch's SyncBatchNorm is CUDA-only). Two passes (mean,
-    then the centred second moment) for accuracy; running statistics as ``nn.BatchNorm``
-    (unbiased variance of the global batch). Eval mode (frozen BN) is plain BatchNorm."""
-
-    def _check_input_dim(self, input):
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and active()):
-            return super().forward(x)
-        dims = [0] + list(range(2, x.dim()))
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        n = all_reduce_sum(torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device))
-        mean = sum_over_ranks(x.sum(dims)) / n
-        d = x - mean.reshape(shape)
-        var = sum_over_ranks((d * d).sum(dims)) / n
-        y = d * torch.rsqrt(var + self.eps).reshape(shape)
-        if self.affine:
-            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1).clamp(min=1)), alpha=m)
-        return y
-
-
-class GlobalDropout2d(nn.Dropout2d):
-    """``Dropout2d`` whose mask is drawn for the whole global batch (every rank draws the same
-    mask from its identically seeded RNG, in the same way as ``F.dropout2d`` does) and sliced
-    to this rank's samples: the masks and the RNG stream are the single process's."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or not active():
-            return super().forward(x)
-        if self.p >= 1:
-            return x * 0.0
-        n = x.shape[0]
-        noise = x.new_empty((n * world_size(), x.shape[1]) + (1,) * (x.dim() - 2))
-        noise.bernoulli_(1 - self.p).div_(1 - self.p)
-        return x * noise[rank() * n:(rank() + 1) * n]
-
-
-def _convert(module: nn.Module, on_cuda: bool) -> nn.Module:
-    out = module
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, (nn.SyncBatchNorm,
-                                                                                        GlobalBatchNorm)):
-        cls = nn.SyncBatchNorm if on_cuda else GlobalBatchNorm
-        out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-        if module.affine:
-            with torch.no_grad():
-                out.weight = module.weight
-                out.bias = module.bias
-        out.running_mean, out.running_var = module.running_mean, module.running_var
-        out.num_batches_tracked = module.num_batches_tracked
-        out.train(module.training)
-    elif type(module) is nn.Dropout2d:
-        out = GlobalDropout2d(module.p, module.inplace)
-        out.train(module.training)
-    for name, child in module.named_children():
-        out.add_module(name, _convert(child, on_cuda))
-    return out
-
-
 def prepare_model(model: nn.Module) -> nn.Module:
     """Make ``model``'s batch-coupled layers global (see the module doc); in place where the
     model itself is not a BN / dropout layer. Identity with one process. Call BEFORE the EMA
@@ -486,12 +416,14 @@ def prepare_model(model: nn.Module) -> nn.Module:
     kept, so either order works)."""
     if not active():
         return model
-    return _convert(model, device().type == "cuda")
+    from .global_batch_layers import make_global  # the layers use this module's collectives
+
+    return make_global(model, device().type == "cuda")
 
 
 __all__ = [
     "Context", "init", "shutdown", "run_script", "context", "world_size", "rank", "is_main", "active", "device", "barrier",
     "threads_per_rank", "loader_workers", "local_batch", "rank_slice", "global_rand", "all_reduce_sum", "all_reduce_mean",
     "sum_over_ranks", "all_gather_cat", "global_mean", "reduce_logs", "average_gradients", "broadcast_module",
-    "broadcast_tensor", "assert_same", "GlobalBatchNorm", "GlobalDropout2d", "prepare_model",
+    "broadcast_tensor", "assert_same", "prepare_model", "add_launch_arguments", "launch",
 ]
