@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from segcore.data.classes import CLASSES19
-from workflow_helpers import planned_jobs, snakemake, tiny_config, write_config
+from workflow_helpers import planned_with_config, snakemake, tiny_config, write_config
 
 RUNS = {("source_only", "source_only"): "source_only", ("proda", "warmup"): "warmup",
         ("proda", "stage1"): "proda/stage1", ("proda", "stage2"): "proda/stage2",
@@ -84,29 +84,19 @@ def test_second_run_has_nothing_to_do(tiny_run):
 def test_changing_a_stage_parameter_reruns_that_stage_and_what_follows(tiny_run):
     cfg = tiny_config()
     cfg["proda"]["stage2"]["distillation"] = 0.5
-    write_config(tiny_run, cfg)
-    try:
-        proc = snakemake(tiny_run, "-n", "--quiet", "rules")
-    finally:
-        write_config(tiny_run, tiny_config())
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    planned = planned_with_config(tiny_run, cfg)
     # stage 2 of both chains, the stage-2 and stage-3 pseudo-labels, stage 3, their evaluations
-    assert planned_jobs(proc.stdout) == {"distill_stage2": 2, "hard_labels": 2, "distill_stage3": 2,
-                                         "evaluate": 4, "results_table": 1, "all": 1}
+    assert planned == {"distill_stage2": 2, "hard_labels": 2, "distill_stage3": 2,
+                       "evaluate": 4, "results_table": 1, "all": 1}
 
 
 def test_changing_a_cpsl_stage1_parameter_reruns_cpsl_only(tiny_run):
     cfg = tiny_config()
     cfg["cpsl"]["stage1"]["SL_lambda"] = 0.5
-    write_config(tiny_run, cfg)
-    try:
-        proc = snakemake(tiny_run, "-n", "--quiet", "rules")
-    finally:
-        write_config(tiny_run, tiny_config())
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    planned = planned_with_config(tiny_run, cfg)
     # CPSL stage 1 of both chains and everything after it; ProDA and the warm-up artifacts stay
-    assert planned_jobs(proc.stdout) == {"cpsl_stage1": 2, "hard_labels": 4, "distill_stage2": 2,
-                                         "distill_stage3": 2, "evaluate": 6, "results_table": 1, "all": 1}
+    assert planned == {"cpsl_stage1": 2, "hard_labels": 4, "distill_stage2": 2,
+                       "distill_stage3": 2, "evaluate": 6, "results_table": 1, "all": 1}
 
 
 def test_class_distribution_is_the_warmup_argmax_share(tiny_run):

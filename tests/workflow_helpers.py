@@ -71,3 +71,14 @@ def planned_jobs(output: str) -> dict[str, int]:
             break
         jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+def planned_with_config(workdir: Path, cfg: dict) -> dict[str, int]:
+    """Jobs per rule that a dry run plans under ``cfg``; the tiny config is written back after."""
+    write_config(workdir, cfg)
+    try:
+        proc = snakemake(workdir, "-n", "--quiet", "rules")
+    finally:
+        write_config(workdir, tiny_config())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return planned_jobs(proc.stdout)

@@ -2,16 +2,12 @@
 (rules/pseudo.smk): soft (softmax at the output stride) or hard (flip-averaged argmax and
 confidence at full resolution)."""
 import argparse
-import json
 import sys
 
 import torch
 
-from segcore import preflight
 from segcore.preflight import run_script
-from segcore.data.datasets import SegmentationDataset
-from segcore.models.checkpoint import load_model
-from segcore.pseudo.generate import generate_hard, generate_soft
+from segcore.pseudo.generate import generate_hard, generate_soft, open_model_and_images
 from segcore.pseudo.store import HardWriter, SoftWriter
 
 
@@ -30,12 +26,7 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    spec = json.loads(a.target)
-    preflight.check_checkpoint(a.model, num_classes=a.num_classes)
-    preflight.check_data(spec, "--target", labels=False)
-    model, _ = load_model(a.model, expect_num_classes=a.num_classes)
-    ds = SegmentationDataset(spec["manifest"], spec["split"], a.num_classes, resize=spec["resize"], with_labels=False)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, ds, device = open_model_and_images(a.model, a.target, a.num_classes)
     model.to(device)
     h, w = ds.load_image(0).shape[-2:]
     if a.kind == "soft":

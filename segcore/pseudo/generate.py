@@ -16,11 +16,15 @@ The model must already be on ``device``; inputs are moved there.
 from __future__ import annotations
 
 import contextlib
+import json
 
 import torch
 import torch.nn.functional as F
 
+from .. import preflight
+from ..data.datasets import SegmentationDataset
 from ..methods.warmup import upsample
+from ..models.checkpoint import load_model
 
 
 @contextlib.contextmanager
@@ -92,3 +96,15 @@ def generate_hard(model, dataset, writer, batch_size: int = 4, flip: bool = True
             p = flip_averaged_probs(model, images.to(device, non_blocking=True), size, flip)
             conf, label = p.max(dim=1)
             writer.write(index, label.cpu(), conf.cpu())
+
+
+def open_model_and_images(model_path: str, target: str, num_classes: int):
+    """For the scripts that run a checkpoint over the target train images: check both before
+    any work, load them, and pick the device. ``target`` is the JSON {"manifest", "split",
+    "resize"} of ``--target``. Returns ``(model, dataset, device)``; the model stays on the CPU."""
+    spec = json.loads(target)
+    preflight.check_checkpoint(model_path, num_classes=num_classes)
+    preflight.check_data(spec, "--target", labels=False)
+    model, _ = load_model(model_path, expect_num_classes=num_classes)
+    ds = SegmentationDataset(spec["manifest"], spec["split"], num_classes, resize=spec["resize"], with_labels=False)
+    return model, ds, "cuda" if torch.cuda.is_available() else "cpu"

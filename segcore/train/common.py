@@ -11,9 +11,11 @@ import torch
 
 from ..data.datasets import SegmentationDataset, infinite_loader
 from ..data.transforms import WeakView
+from ..models.checkpoint import load_model
 from ..models.deeplabv2 import param_groups
 from . import distributed as D
-from .rng import get_rng_state, set_rng_state
+from .ema import EMATeacher
+from .rng import get_rng_state, seed_everything, set_rng_state
 
 
 def make_sgd(model, opts) -> torch.optim.SGD:
@@ -167,3 +169,23 @@ def begin_training(model, opts, start: int, log=print):
         freeze_bn(model)
     total = opts["iterations"]
     return total, opts["poly_horizon"] or total, Progress(total, start, opts["log_every"], log)
+
+
+def start_run(opts, seed: int, device=None, log=print):
+    """What every training loop does first: check that the processes divide the global batch
+    (one-line error before any work), pick the device and precision, keep the log to rank 0,
+    seed every RNG. Returns ``(accel, log)``."""
+    D.local_batch(opts["batch_size"])
+    accel = Accel.from_options(opts, device)
+    log = main_log(log)
+    seed_everything(seed)
+    return accel, log
+
+
+def student_with_ema_teacher(init: str, num_classes: int, opts, accel):
+    """The self-training student loaded from ``init`` (made DDP-ready and placed BEFORE the EMA
+    teacher copies it) and its EMA teacher. Returns ``(student, meta, teacher)``."""
+    student, meta = load_model(init, expect_num_classes=num_classes)
+    student = accel.place(D.prepare_model(student))
+    teacher = EMATeacher(student, momentum=opts["ema_momentum"], train_mode=opts["ema_train_mode"])
+    return student, meta, teacher

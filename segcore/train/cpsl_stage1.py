@@ -35,14 +35,12 @@ from ..methods.feature_memory import FeatureMemory
 from ..methods.proda import self_training_loss
 from ..methods.rectify import cosine_scores, cosine_weights, rectify
 from ..methods.warmup import segmentation_loss, upsample
-from ..models.checkpoint import load_model, save_model
+from ..models.checkpoint import save_model
 from ..pseudo.class_distribution import read_class_distribution
 from ..pseudo.store import SoftStore
 from . import distributed as D
-from .common import Accel, begin_training, source_target_batches, image_set, labelled_set, main_log, make_sgd, restore, snapshot, weak_view
-from .ema import EMATeacher
+from .common import Accel, begin_training, image_set, labelled_set, make_sgd, restore, snapshot, source_target_batches, start_run, student_with_ema_teacher, weak_view
 from .resume import RollingState, fingerprint
-from .rng import seed_everything
 from .schedule import poly_factor, set_lr
 
 #: the network's output stride; CutMix boxes sit on its grid (and on the loss grid's)
@@ -179,13 +177,8 @@ def train_step(student, teacher, protos, memory, prior, optimizer, s: dict, t: d
 
 def run(job: CPSLStage1Job, log=print) -> dict:
     opts = job.options
-    D.local_batch(opts["batch_size"])
-    accel = Accel.from_options(opts, job.device)
-    log = main_log(log)
-    seed_everything(job.seed)
-    student, meta = load_model(job.init, expect_num_classes=job.num_classes)
-    student = accel.place(D.prepare_model(student))  # before the teacher copies it
-    teacher = EMATeacher(student, momentum=opts["ema_momentum"], train_mode=opts["ema_train_mode"])
+    accel, log = start_run(opts, job.seed, job.device, log)
+    student, meta, teacher = student_with_ema_teacher(job.init, job.num_classes, opts, accel)
     init_protos = fill_empty_prototypes(load_initial_prototypes(job.prototypes, job.num_classes), job.seed, log)
     protos = cpsl.CosinePrototypes(init_protos, ema_momentum=opts["proto_ema_momentum"]).to(accel.device)
     if protos.weight.shape[1] != student.feature_dim:

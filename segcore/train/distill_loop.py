@@ -20,9 +20,8 @@ from ..models.deeplabv2 import build_deeplabv2
 from ..models.weights import load_simclr_backbone
 from ..pseudo.store import HardStore
 from . import distributed as D
-from .common import Accel, begin_training, source_target_batches, image_set, labelled_set, main_log, make_sgd, restore, snapshot, weak_view
+from .common import begin_training, image_set, labelled_set, make_sgd, restore, snapshot, source_target_batches, start_run, weak_view
 from .resume import RollingState, fingerprint
-from .rng import seed_everything
 from .schedule import poly_factor, set_lr
 
 
@@ -55,10 +54,7 @@ def build_student(job: DistillJob):
 
 def run(job: DistillJob, log=print) -> dict:
     opts = job.options
-    D.local_batch(opts["batch_size"])
-    accel = Accel.from_options(opts, job.device)
-    log = main_log(log)
-    seed_everything(job.seed)
+    accel, log = start_run(opts, job.seed, job.device, log)
     student = accel.place(D.prepare_model(build_student(job)))
     teacher, _ = load_model(job.teacher, expect_num_classes=job.num_classes)
     teacher = accel.place(teacher.eval().requires_grad_(False))

@@ -19,14 +19,12 @@ from ..data.strong_view import StrongView
 from ..data.target_views import TargetViews
 from ..methods import proda
 from ..methods.warmup import segmentation_loss
-from ..models.checkpoint import load_model, save_model
+from ..models.checkpoint import save_model
 from ..pseudo.prototypes import PrototypeBank
 from ..pseudo.store import SoftStore
 from . import distributed as D
-from .common import Accel, begin_training, source_target_batches, image_set, labelled_set, main_log, make_sgd, restore, snapshot, weak_view
-from .ema import EMATeacher
+from .common import Accel, begin_training, image_set, labelled_set, make_sgd, restore, snapshot, source_target_batches, start_run, student_with_ema_teacher, weak_view
 from .resume import RollingState, fingerprint
-from .rng import seed_everything
 from .schedule import poly_factor, set_lr
 
 
@@ -71,13 +69,8 @@ def train_step(student, teacher, bank, optimizer, s: dict, t: dict, opts: dict, 
 
 def run(job: Stage1Job, log=print) -> dict:
     opts = job.options
-    D.local_batch(opts["batch_size"])
-    accel = Accel.from_options(opts, job.device)
-    log = main_log(log)
-    seed_everything(job.seed)
-    student, meta = load_model(job.init, expect_num_classes=job.num_classes)
-    student = accel.place(D.prepare_model(student))  # before the teacher copies it
-    teacher = EMATeacher(student, momentum=opts["ema_momentum"], train_mode=opts["ema_train_mode"])
+    accel, log = start_run(opts, job.seed, job.device, log)
+    student, meta, teacher = student_with_ema_teacher(job.init, job.num_classes, opts, accel)
     bank = PrototypeBank.from_protos(torch.load(job.prototypes, map_location="cpu", weights_only=True)["protos"])
     bank.to(accel.device)
     optimizer = make_sgd(student, opts)

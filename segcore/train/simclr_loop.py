@@ -60,9 +60,9 @@ from ..data.datasets import SegmentationDataset, infinite_loader
 from ..methods.simclr import Backbone, SimCLRAugment, SimCLRNet, nt_xent
 from ..models.deeplabv2 import build_deeplabv2
 from . import distributed as D
-from .common import Accel, main_log
+from .common import start_run
 from .resume import RollingState, fingerprint
-from .rng import get_rng_state, seed_everything, set_rng_state
+from .rng import get_rng_state, set_rng_state
 
 DEFAULT_OPTIONS: dict = {
     "iterations": 300,
@@ -191,10 +191,7 @@ def run(job: SimCLRJob, log=print, on_iteration=None) -> dict:
     """Pretrain, write ``job.out`` and return its meta. ``on_iteration(done, loss)`` is called
     after every iteration (after the resume state of that iteration was written)."""
     opts = merged_options(job.options)
-    D.local_batch(opts["batch_size"])
-    accel = Accel.from_options(opts, job.device)
-    log = main_log(log)
-    seed_everything(job.seed)
+    accel, log = start_run(opts, job.seed, job.device, log)
     model = build_deeplabv2(job.num_classes, job.arch, bn_clr=bool(opts["bn_clr"]))
     if opts["init"] == "kaiming":
         kaiming_init(model)

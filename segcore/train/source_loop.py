@@ -24,9 +24,8 @@ from ..models.deeplabv2 import build_deeplabv2
 from ..models.discriminator import FCDiscriminator
 from ..models.weights import load_imagenet_backbone
 from . import distributed as D
-from .common import Accel, begin_training, main_log, make_sgd, restore, snapshot, weak_view
+from .common import Accel, begin_training, make_sgd, restore, snapshot, start_run, weak_view
 from .resume import RollingState, fingerprint
-from .rng import seed_everything
 from .schedule import poly_factor, set_lr
 
 MODES = ("source_only", "oracle", "adversarial")
@@ -92,10 +91,7 @@ def run(job: SupervisedJob, log=print) -> dict:
     if job.mode not in MODES:
         raise ValueError(f"unknown training mode '{job.mode}' (known: {', '.join(MODES)})")
     opts = job.options
-    D.local_batch(opts["batch_size"])  # one-line error before any work when W does not divide it
-    accel = Accel.from_options(opts, job.device)
-    log = main_log(log)
-    seed_everything(job.seed)
+    accel, log = start_run(opts, job.seed, job.device, log)
     model = build_deeplabv2(job.num_classes, job.arch)
     init = "random"
     if job.imagenet_weights:
