@@ -78,7 +78,8 @@ def main():
     args = parse_args(__doc__.splitlines()[0])
     n, scale, repeat = (4, 4, 1) if args.size == "small" else (24, 1, 5)
     ncore = cores()
-    table = Table(f"label conversion, {n} labels per dataset" + ("" if scale == 1 else f" at 1/{scale} of the real size"))
+    table = Table(f"label conversion, {n} labels per dataset"
+                  + ("" if scale == 1 else f" at 1/{scale} of the real size"))
     import torchvision.io  # noqa: F401  (forked pool workers inherit it, as convert_dataset arranges)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,16 +99,17 @@ def main():
             # warm the page cache and imports
             _floor_one(floor_tasks[0])
             _ours_one(our_tasks[0])
-            t_ours1, t_floor1 = best_times([lambda: [_ours_one(t) for t in our_tasks],
-                                            lambda: [_floor_one(t) for t in floor_tasks]], repeat)
+            t_ours1, t_floor1 = best_times([lambda tasks=our_tasks: [_ours_one(t) for t in tasks],
+                                            lambda tasks=floor_tasks: [_floor_one(t) for t in tasks]], repeat)
             tag = f"{dataset} {size[0]}x{size[1]}"
             table.add(f"{tag}: images/s, 1 core", n / t_ours1, n / t_floor1)
             if ncore > 1:
-                def run_floor():
+                # called in this iteration only; the defaults bind this dataset's values (B023)
+                def run_floor(floor_tasks=floor_tasks):
                     with multiprocessing.get_context("fork").Pool(ncore) as pool:
                         pool.map(_floor_one, floor_tasks, chunksize=1)
 
-                def run_dataset():
+                def run_dataset(dataset=dataset, root=root, out=out):
                     convert_dataset(dataset, root, out / "dataset", workers=ncore, progress=False)
 
                 # both whole jobs: scan, pool start-up, CSV/JSON outputs vs pool start-up + floor

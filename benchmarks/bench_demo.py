@@ -32,6 +32,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import Table, check, parse_args  # noqa: E402
+
 from workflow_helpers import ROOT, snakemake, tiny_config  # noqa: E402
 
 _STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
@@ -46,7 +47,7 @@ def benchmark_times(workdir: Path) -> dict[str, list[dict]]:
         rule = rel.parts[0] if len(rel.parts) > 1 else tsv.stem
         with open(tsv, newline="") as fh:
             for row in csv.DictReader(fh, delimiter="\t"):
-                def num(key):
+                def num(key, row=row):  # called in this iteration only; the default binds it (B023)
                     try:
                         return float(row.get(key, "nan"))
                     except ValueError:  # "NA" where Snakemake could not measure
@@ -107,9 +108,10 @@ def main():
         jobs = per_rule[rule]
         secs, cpu = _sum(j["s"] for j in jobs), _sum(j["cpu_time"] for j in jobs)
         rss = max((j["max_rss"] for j in jobs if j["max_rss"] == j["max_rss"]), default=float("nan"))
-        table.add(f"rule {rule} ({len(jobs)} job{'s' if len(jobs) > 1 else ''}; cpu {cpu:.0f} s, max RSS {rss:.0f} MB), "
-                  "seconds", secs, wall)
-    table.note("slowest three rules: " + ", ".join(f"{r} ({_sum(j['s'] for j in per_rule[r]):.0f} s)" for r in order[:3]))
+        table.add(f"rule {rule} ({len(jobs)} job{'s' if len(jobs) > 1 else ''}; "
+                  f"cpu {cpu:.0f} s, max RSS {rss:.0f} MB), seconds", secs, wall)
+    table.note("slowest three rules: "
+               + ", ".join(f"{r} ({_sum(j['s'] for j in per_rule[r]):.0f} s)" for r in order[:3]))
     table.note("baseline = the whole run's wall time; ratio = the rule's share (jobs of one rule may overlap); "
                "on a machine shared with other jobs every time is inflated")
     table.print()

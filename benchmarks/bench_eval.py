@@ -66,7 +66,8 @@ def main():
     same = np.array_equal(result["ours"], result["numpy"])
     check(same, "confusion matrices of ours and the NumPy per-image baseline are identical")
     check(summarize(result["ours"], C)== summarize(result["numpy"], C), "summaries (IoU, mIoU19) identical")
-    table = Table(f"evaluation: confusion matrix over {n} pairs of {w}x{h} (uint8, 10% ignore), {torch.get_num_threads()} torch threads")
+    table = Table(f"evaluation: confusion matrix over {n} pairs of {w}x{h} (uint8, 10% ignore), "
+                  f"{torch.get_num_threads()} torch threads")
     table.add("pixels/s vs NumPy per-image fast_hist", px / t_ours, px / t_np)
     table.add("pixels/s vs floor (read both arrays once)", px / t_ours, px / t_floor)
     table.add("s per 500-image val set (ours vs NumPy)", 500 * h * w / (px / t_ours), 500 * h * w / (px / t_np),

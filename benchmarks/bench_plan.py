@@ -25,9 +25,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import Table, best_times, check, parse_args  # noqa: E402
-from workflow_helpers import ROOT, planned_jobs  # noqa: E402
 
 from segcore.data import demo  # noqa: E402
+from workflow_helpers import ROOT, planned_jobs, write_pretrained_stand_ins  # noqa: E402
 
 REAL = {"gta5": {"train": 24966}, "synthia": {"train": 9400}, "cityscapes": {"train": 2975, "val": 500}}
 CHAINS = {"gta5_to_cityscapes": "gta5", "synthia_to_cityscapes": "synthia"}
@@ -54,7 +54,8 @@ def write_converted(work: Path, scale: int) -> None:
         for split, count in splits.items():
             for i in range(max(1, count // scale)):
                 key = f"{split}/img_{i:06d}" if dataset == "cityscapes" else f"{i:07d}"
-                rows.append({"key": key, "image": f"data/{dataset}/{key}.png", "label": str(out / "labels" / f"{key}.png"),
+                rows.append({"key": key, "image": f"data/{dataset}/{key}.png",
+                             "label": str(out / "labels" / f"{key}.png"),
                              "split": split, "width": 2048, "height": 1024})
         pd.DataFrame(rows).to_csv(out / "manifest.csv", index=False)
         (out / "class_stats.json").write_text("{}")
@@ -71,9 +72,7 @@ def main():
         demo.make_gta5(work / "data/GTA5", 1, size=(32, 16))
         demo.make_synthia(work / "data/SYNTHIA_RAND_CITYSCAPES", 1, size=(32, 16))
         demo.make_cityscapes(work / "data/cityscapes", 1, 1, size=(32, 16))
-        (work / "pretrained").mkdir()
-        for name in ("resnet101-5d3b4d8f.pth", "r101_1x_sk0.pth"):
-            (work / "pretrained" / name).write_bytes(b"stand-in: planning reads no weights")
+        write_pretrained_stand_ins(work)
         shutil.copy(ROOT / "config.yaml", work / "config.yaml")
         time.sleep(1.0)  # converted outputs strictly newer than the raw roots
         write_converted(work, scale)
@@ -84,7 +83,8 @@ def main():
 
         def plan(chain):
             def run():
-                t, procs[chain] = snakemake_n(work, ROOT / "Snakefile", "--configfile", str(ROOT / "configs" / f"{chain}.yaml"))
+                t, procs[chain] = snakemake_n(work, ROOT / "Snakefile",
+                                              "--configfile", str(ROOT / "configs" / f"{chain}.yaml"))
             return run
 
         times = best_times([lambda: snakemake_n(trivial, trivial / "Snakefile"), *(plan(c) for c in CHAINS)], repeat)
@@ -99,7 +99,8 @@ def main():
             total = sum(jobs.values())
             print(f"{chain}: planned jobs " + ", ".join(f"{r} {k}" for r, k in sorted(jobs.items())), flush=True)
             check("convert" not in jobs, f"{chain}: converted outputs up to date, no conversion planned")
-            check(total < 100, f"{chain}: no job per image ({total} jobs for {sum(REAL[source].values())} source images)")
+            check(total < 100,
+                  f"{chain}: no job per image ({total} jobs for {sum(REAL[source].values())} source images)")
             table.add(f"{chain}: seconds to plan ({total} jobs)", t, t_floor, ratio=t / t_floor)
             check(t < 3.0, f"{chain}: planned in under 3 s (goal; {t:.2f} s)") if scale == 1 else None
     table.note("baseline = snakemake -n of a one-rule Snakefile (interpreter + Snakemake start-up); "

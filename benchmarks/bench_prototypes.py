@@ -89,7 +89,8 @@ def run(device, n, d, h, w, repeat, table):
     check(torch.allclose(m1, m2, rtol=1e-4, atol=1e-5), f"{tag}: class_means equal to float32 rounding "
           f"(max |diff| {float((m1 - m2).abs().max()):.2e})")
     dd = float((res["ours_d"] - res["loop_d"]).abs().max())
-    check(torch.allclose(res["ours_d"], res["loop_d"], rtol=1e-4, atol=1e-3), f"{tag}: distances equal to float32 rounding (max |diff| {dd:.2e})")
+    check(torch.allclose(res["ours_d"], res["loop_d"], rtol=1e-4, atol=1e-3),
+          f"{tag}: distances equal to float32 rounding (max |diff| {dd:.2e})")
     same = float((res["ours_l"] == res["loop_l"]).float().mean())
     check(same == 1.0, f"{tag}: rectified labels identical ({same:.6%} of pixels)")
     table.add(f"{tag}: class_means, images/s", n / t_om, n / t_lm)

@@ -21,8 +21,8 @@ transfer is as small as in training. The needed rate is an ESTIMATE for an H200 
 from __future__ import annotations
 
 import sys
-import warnings
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -150,8 +150,8 @@ def main():
         hard_off_b = sum(f.stat().st_size for f in off_hard.iterdir()) / n
         for enc, p in soft_paths.items():
             b = p.stat().st_size / n
-            table.add(f"soft {enc}: MB per image (total for {TRAIN}: {b * TRAIN / 1e9:.2f} GB)", b / 1e6, soft_off_b / 1e6,
-                      unit="MB")
+            table.add(f"soft {enc}: MB per image (total for {TRAIN}: {b * TRAIN / 1e9:.2f} GB)",
+                      b / 1e6, soft_off_b / 1e6, unit="MB")
         for enc, p in hard_paths.items():
             b = p.stat().st_size / n
             table.add(f"hard conf={enc}: MB per image (total: {b * TRAIN / 1e9:.2f} GB)", b / 1e6, hard_off_b / 1e6,

@@ -60,7 +60,8 @@ def machine() -> str:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     except Exception:  # pragma: no cover
         gpu = "no GPU"
-    return f"{platform.machine()} {platform.system()}, {cores()} usable cores, {gpu}, Python {platform.python_version()}"
+    return (f"{platform.machine()} {platform.system()}, {cores()} usable cores, {gpu}, "
+            f"Python {platform.python_version()}")
 
 
 def check(ok: bool, message: str) -> bool:

@@ -1,22 +1,25 @@
-# Shared helpers: config validation, chain lookups, the code version of a stage.
-import hashlib
+# Shared helpers of the rules: chain lookups, input functions, shell commands, and the
+# code version of each job. Functions only: the other .smk files hold the rules.
 import json
+import os
 import shlex
-import sys
 from pathlib import Path
 
 from segcore import config as segconfig
-from segcore.data.classes import class_names
-
-try:
-    segconfig.validate(config)
-except segconfig.ConfigError as err:
-    # one line naming the key, before any job is planned
-    sys.exit(f"Invalid configuration: {err}")
+from segcore import stages
+from segcore.code_version import code_version as closure_version
 
 CHAINS = config["run_chains"]
 DATASETS = sorted({d for c in config["chains"].values() for d in (c["source"], c["target"])})
 WORKDIR = config["workdir"]
+
+
+wildcard_constraints:
+    chain="|".join(config["chains"]),
+    dataset="|".join(DATASETS),
+    run="[a-z0-9_]+(/[a-z0-9_]+)*",
+    # the methods whose stages 2 and 3 the generic distillation rules write (segcore/stages.py)
+    method="|".join(stages.methods_of_rule("distill_stage2")),
 
 
 def repo_path(path):
@@ -27,35 +30,24 @@ def repo_path(path):
 
 
 PUBLISHED = repo_path(config["published_results"])
-# scripts by absolute path, so the workflow also runs with --directory elsewhere
-SCRIPTS = str(Path(workflow.basedir) / "workflow_scripts")
-
-# How a training rule starts its script: one process per GPU under torchrun when the job has
-# more than one GPU, else one plain process (no GPU, or one). `resources.gpu` is 0 in every
-# training rule (local runs) and a profile raises it per rule (profiles/slurm). Resources are
-# not params, so switching profiles reruns nothing; the command template stays the same.
-TRAIN_LAUNCH = ("$([ {resources.gpu} -gt 1 ] && echo torchrun --standalone --nproc_per_node={resources.gpu}"
-                " || echo python)")
-
-# rows of the results table: run folder -> (method, stage)
-TABLE_RUNS = {
-    "source_only": ("source_only", "source_only"),
-    "warmup": ("proda", "warmup"),
-    "proda/stage1": ("proda", "stage1"),
-    "proda/stage2": ("proda", "stage2"),
-    "proda/stage3": ("proda", "stage3"),
-    "cpsl/stage1": ("cpsl", "stage1"),
-    "cpsl/stage2": ("cpsl", "stage2"),
-    "cpsl/stage3": ("cpsl", "stage3"),
-    "oracle": ("oracle", "oracle"),
-}
 
 
-wildcard_constraints:
-    chain="|".join(config["chains"]),
-    dataset="|".join(DATASETS),
-    run="[a-z0-9_]+(/[a-z0-9_]+)*",
-    method="proda|cpsl",
+def workflow_script(name):
+    """The path a job's shell runs ``workflow_scripts/<name>`` by, relative to the working
+    directory (the repository itself in the README's commands): a job's params stay the same
+    when the checkout moves together with its working directory."""
+    return os.path.relpath(Path(workflow.basedir, "workflow_scripts", name))
+
+
+def code_version(name):
+    """Hash of the files ``workflow_scripts/<name>`` imports inside segcore/ and
+    workflow_scripts/ (found from the source: segcore/code_version.py), passed as the ``code``
+    param so that Snakemake reruns a job, and what follows, when the code it runs changes
+    (README: "Code changes")."""
+    return closure_version(Path("workflow_scripts", name), workflow.basedir)
+
+
+# --- chains and their data -------------------------------------------------------------
 
 
 def chain_cfg(name):
@@ -68,12 +60,40 @@ def manifest(dataset):
 
 def data_spec(dataset, split):
     """JSON handed to training scripts: which converted set to read, and at which size."""
-    return json.dumps({"manifest": manifest(dataset), "split": split,
-                       "resize": config["datasets"][dataset]["resize"]})
+    return json.dumps({"manifest": manifest(dataset), "split": split, "resize": config["datasets"][dataset]["resize"]})
 
 
-def stage_options_json(stage):
-    return json.dumps(segconfig.stage_options(config, stage), sort_keys=True)
+def source_manifest(wildcards):
+    return manifest(chain_cfg(wildcards.chain)["source"])
+
+
+def target_manifest(wildcards):
+    return manifest(chain_cfg(wildcards.chain)["target"])
+
+
+def source_train_spec(wildcards):
+    return data_spec(chain_cfg(wildcards.chain)["source"], "train")
+
+
+def target_train_spec(wildcards):
+    return data_spec(chain_cfg(wildcards.chain)["target"], "train")
+
+
+def simclr_images_spec(wildcards):
+    """The SimCLR rule's images: the chain's target, then its source train split."""
+    return f"[{target_train_spec(wildcards)}, {source_train_spec(wildcards)}]"
+
+
+def target_resize_json(wildcards):
+    return json.dumps(config["datasets"][chain_cfg(wildcards.chain)["target"]]["resize"])
+
+
+num_classes = lookup(dpath="chains/{chain}/num_classes", within=config)
+raw_root = lookup(dpath="datasets/{dataset}/root", within=config)
+size_mismatch = lookup(dpath="datasets/{dataset}/size_mismatch", within=config)
+
+
+# --- training jobs ----------------------------------------------------------------------
 
 
 def imagenet_input():
@@ -81,37 +101,292 @@ def imagenet_input():
     return [path] if path else []
 
 
-def code_version(*paths):
-    """Hash of the source files a stage runs, passed as a param so that Snakemake reruns
-    the stage (and what follows) when its code changes (README: "Code changes")."""
-    h = hashlib.sha256()
-    for p in paths:
-        p = Path(workflow.basedir) / p
-        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
-        for f in files:
-            h.update(f.relative_to(workflow.basedir).as_posix().encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+IMAGENET_FLAG = (
+    f"--imagenet-weights {shlex.quote(config['model']['imagenet_weights'])}"
+    if config["model"]["imagenet_weights"]
+    else ""
+)
 
 
-CODE_DATA = ["segcore/data/classes.py", "segcore/data/io.py", "segcore/data/convert.py",
-             "segcore/data/layouts.py", "workflow_scripts/convert.py"]
-CODE_TRAIN = ["segcore/data", "segcore/models", "segcore/train", "segcore/methods/warmup.py",
-              "segcore/atomic.py", "segcore/preflight.py", "workflow_scripts/train_source.py"]
-CODE_PSEUDO = ["segcore/data", "segcore/models", "segcore/pseudo", "segcore/methods/warmup.py", "segcore/preflight.py",
-               "workflow_scripts/pseudo_labels.py", "workflow_scripts/init_prototypes.py"]
-# the methods modules each stage imports (not the whole folder: a change to the distillation
-# code must not rerun stage 1)
-CODE_STAGE1 = CODE_TRAIN + ["segcore/methods/__init__.py", "segcore/methods/losses.py", "segcore/methods/proda.py",
-                            "segcore/methods/rectify.py", "segcore/pseudo", "workflow_scripts/train_proda_stage1.py"]
-CODE_DISTILL = CODE_TRAIN + ["segcore/methods/__init__.py", "segcore/methods/losses.py", "segcore/methods/distill.py",
-                             "segcore/pseudo/store.py", "segcore/pseudo/store_base.py", "segcore/pseudo/hard_store.py",
-                             "workflow_scripts/train_distill.py"]
-# CPSL stage 1 reuses ProDA's self-training loss and the rectification helpers
-CODE_CPSL = CODE_TRAIN + ["segcore/methods/__init__.py", "segcore/methods/losses.py", "segcore/methods/proda.py",
-                          "segcore/methods/rectify.py", "segcore/methods/cpsl.py", "segcore/methods/sinkhorn.py",
-                          "segcore/methods/feature_memory.py", "segcore/pseudo", "workflow_scripts/train_cpsl_stage1.py"]
-CODE_CLASS_DISTRIBUTION = ["segcore/pseudo", "segcore/data/classes.py", "segcore/atomic.py", "segcore/preflight.py",
-                           "workflow_scripts/class_distribution.py"]
-CODE_EVAL = ["segcore/data", "segcore/models", "segcore/metrics.py", "segcore/evaluate.py", "segcore/preflight.py",
-             "workflow_scripts/evaluate.py"]
+def simclr_weights(wildcards):
+    """The stage-2 student's initialisation: a configured SimCLR file, or our own rule's."""
+    return config["simclr"]["weights"] or f"results/{wildcards.chain}/simclr/backbone.pt"
+
+
+def stage_options_json(stage):
+    return json.dumps(segconfig.stage_options(config, stage), sort_keys=True)
+
+
+def distill_options_json(stage):
+    """The options of ``{method}.<stage>`` (a distillation rule serves several methods)."""
+    return lambda wildcards: stage_options_json(f"{wildcards.method}.{stage}")
+
+
+def resume_dir(run):
+    """The rolling resume state of a training job: ``<workdir>/{chain}/<run>`` (not an output)."""
+    return lambda wildcards: f"{WORKDIR}/{wildcards.chain}/{run.format(**dict(wildcards.items()))}"
+
+
+# How a training job starts its script: one process per GPU under torchrun when the job has
+# more than one GPU, else one plain process (no GPU, or one). `resources.gpu` is 0 in every
+# training rule (local runs) and a profile raises it per rule (profiles/slurm). Resources are
+# not params, so switching profiles reruns nothing; the command template stays the same.
+TRAIN_LAUNCH = (
+    "$([ {resources.gpu} -gt 1 ] && echo torchrun --standalone --nproc_per_node={resources.gpu} || echo python)"
+)
+
+
+def train_command(args):
+    """The shell of a training job: its script (``params.script``) under TRAIN_LAUNCH with
+    ``args``, the log capturing both streams; every value reaches the shell quoted."""
+    return f"{TRAIN_LAUNCH} {{params.script:q}} {args} > {{log:q}} 2>&1"
+
+
+def supervised_command(mode, unlabelled=False):
+    """The shell of a train_source.py job (source-only, oracle, adversarial warm-up)."""
+    args = (
+        f"--mode {mode} --labelled {{params.labelled:q}} --num-classes {{params.num_classes}}"
+        " --arch {params.arch} {params.imagenet} --options {params.options:q}"
+        " --seed {params.seed} --out {output.model:q} --workdir {params.resume_dir:q} --threads {threads}"
+    )
+    if unlabelled:
+        args += " --unlabelled {params.unlabelled:q}"
+    return train_command(args)
+
+
+def supervised_params(stage):
+    """The params every train_source.py job shares."""
+    return dict(
+        script=workflow_script("train_source.py"),
+        num_classes=num_classes,
+        arch=config["model"]["arch"],
+        imagenet=IMAGENET_FLAG,
+        options=stage_options_json(stage),
+        seed=config["seed"],
+        resume_dir=resume_dir(stage),
+        code=code_version("train_source.py"),
+    )
+
+
+def distill_command(stage, init_kind):
+    """The shell of a train_distill.py job (stage 2 or 3 of {method})."""
+    return train_command(
+        f"--stage {{wildcards.method}}_{stage}"
+        " --source {params.source:q} --target {params.target:q} --num-classes {params.num_classes}"
+        " --arch {params.arch} --options {params.options:q} --seed {params.seed}"
+        " --teacher {input.teacher:q} --hard-labels {input.hard:q} --student-init {input.init:q}"
+        f" --init-kind {init_kind} --out {{output.model:q}} --workdir {{params.resume_dir:q}}"
+        " --threads {threads}"
+    )
+
+
+def distill_params(stage):
+    """The params of a distillation job (stage 2 or 3 of {method})."""
+    return dict(
+        script=workflow_script("train_distill.py"),
+        source=source_train_spec,
+        target=target_train_spec,
+        num_classes=num_classes,
+        arch=config["model"]["arch"],
+        options=distill_options_json(stage),
+        seed=config["seed"],
+        resume_dir=resume_dir(f"{{method}}/{stage}"),
+        code=code_version("train_distill.py"),
+    )
+
+
+# --- DDB (rules/ddb.smk) ---------------------------------------------------------------
+
+
+def source_datasets(wildcards):
+    """The chain's source dataset(s): a list (several for a multi-source chain)."""
+    source = chain_cfg(wildcards.chain)["source"]
+    return list(source) if isinstance(source, list) else [source]
+
+
+def source_manifests(wildcards):
+    return [manifest(d) for d in source_datasets(wildcards)]
+
+
+def source_train_specs(wildcards):
+    """JSON of the chain's source train set, or the list of them for a multi-source chain."""
+    specs = [json.loads(data_spec(d, "train")) for d in source_datasets(wildcards)]
+    return json.dumps(specs if len(specs) > 1 else specs[0])
+
+
+def ddb_st_options_json(wildcards):
+    """The options of a DDB ST path: ddb.st without the keys only the other path reads."""
+    from segcore.methods.ddb.options import path_options
+
+    return json.dumps(path_options(segconfig.stage_options(config, "ddb.st"), wildcards.path), sort_keys=True)
+
+
+def ddb_imagenet_input(wildcards):
+    """The configured ImageNet file of DDB (every CKD student, round-1 ST paths), if any."""
+    path = config["ddb"]["imagenet_weights"]
+    return [path] if path else []
+
+
+def ddb_st_imagenet_input(wildcards):
+    return ddb_imagenet_input(wildcards) if int(wildcards.round) == 1 else []
+
+
+def ddb_previous_student(wildcards):
+    """A DDB ST path's start: none in round 1 (ImageNet), else the previous round's CKD student."""
+    r = int(wildcards.round)
+    return [f"results/{wildcards.chain}/ddb/r{r - 1}_ckd/model.pt"] if r > 1 else []
+
+
+def ddb_st_start_flags(wildcards, input):
+    """``--init`` (round > 1) or ``--imagenet`` (round 1, when configured) of a DDB ST job."""
+    if input.init:
+        return f"--init {shlex.quote(input.init[0])}"
+    return f"--imagenet {shlex.quote(input.imagenet[0])}" if input.imagenet else ""
+
+
+def ddb_imagenet_flag(wildcards, input):
+    return f"--imagenet {shlex.quote(input.imagenet[0])}" if input.imagenet else ""
+
+
+# --- pseudo-labels ----------------------------------------------------------------------
+
+
+def hard_conf_thresholds(wildcards):
+    """The threshold the next stage of the same method applies to ``{run}``'s hard labels
+    (segcore/stages.py gives the order): the store keeps the confidence only as its side of
+    that threshold (exact for it, 1/30 of the official files); "" (float16 confidence, any
+    threshold) for a run that no declared stage reads with a threshold."""
+    nxt = stages.next_stage(wildcards.run)
+    if nxt is not None and nxt.config is not None:
+        t = segconfig.stage_options(config, nxt.config).get("threshold")
+        if t is not None:
+            return repr(float(t))
+    return ""
+
+
+# --- results table ----------------------------------------------------------------------
+
+
+def table_rows():
+    """(chain, run, method, stage) of every evaluated checkpoint with a row in the table."""
+    return [(c, run, m, s) for c in CHAINS for run, (m, s) in stages.TABLE_RUNS.items()]
+
+
+def table_metrics():
+    return [f"results/{c}/eval/{run}.json" for c, run, _, _ in table_rows()]
+
+
+def table_entry_args():
+    return " ".join(
+        "--entry {}".format(" ".join(shlex.quote(x) for x in (c, m, s, f"results/{c}/eval/{run}.json")))
+        for c, run, m, s in table_rows()
+    )
+
+
+def published_input():
+    return [PUBLISHED] if PUBLISHED else []
+
+
+def published_flag(wildcards, input):
+    return f"--published {shlex.quote(input.published[0])}" if input.published else ""
+
+
+# --- Uni-UVPT (rules/uvpt.smk): {backbone} is a family, swin or mit -------------------------
+
+
+def uvpt_preset(wildcards):
+    """The encoder preset of ``{backbone}`` (uvpt.backbones: swin_b, mit_b5 or a small one)."""
+    return config["uvpt"]["backbones"][wildcards.backbone]
+
+
+def uvpt_weights(wildcards):
+    """The configured ImageNet encoder file of ``{backbone}``, as a list (empty: random init)."""
+    path = config["uvpt"]["weights"][wildcards.backbone]
+    return [path] if path else []
+
+
+def uvpt_weights_arg(wildcards):
+    """``uvpt_weights`` as one quoted shell word ('' for none)."""
+    return shlex.quote("".join(uvpt_weights(wildcards)))
+
+
+def uvpt_data_spec(role):
+    """The source or target train set of Uni-UVPT: the dataset at ``uvpt.<role>_resize``
+    (the official 1280x720 / 1024x512) or, when null, at its own resize."""
+
+    def spec(wildcards):
+        dataset = chain_cfg(wildcards.chain)[role]
+        resize = config["uvpt"][f"{role}_resize"] or config["datasets"][dataset]["resize"]
+        return json.dumps({"manifest": manifest(dataset), "split": "train", "resize": resize})
+
+    return spec
+
+
+def uvpt_options_json(step):
+    """The options of ``uvpt.<step>`` for ``{backbone}``: its family's ``backbone_lr`` as ``lr``;
+    for the source model, ``base_width`` = the resized source width (crop without rescale)."""
+
+    def options(wildcards):
+        opts = segconfig.stage_options(config, f"uvpt.{step}")
+        opts["lr"] = opts.pop("backbone_lr", {}).get(wildcards.backbone) or opts["lr"]
+        resize = json.loads(uvpt_data_spec("source")(wildcards))["resize"]
+        if step == "source" and resize:
+            opts["base_width"] = resize[0]
+        return json.dumps(opts, sort_keys=True)
+
+    return options
+
+
+# --- SeCo (rules/seco.smk) --------------------------------------------------------------
+
+
+def seco_folder(run):
+    """The folder of a SeCo sub-chain under results/{chain}/seco/: the base's run with / as _."""
+    return "_".join(Path(run).parts)
+
+
+def seco_base_run(wildcards):
+    """The run folder of the stage a SeCo sub-chain refines."""
+    return {seco_folder(run): run for run in stages.TABLE_RUNS}[wildcards.base]
+
+
+def seco_base_model(wildcards):
+    return f"results/{wildcards.chain}/{seco_base_run(wildcards)}/model.pt"
+
+
+def seco_quality_stores(wildcards):
+    """The label sets of the SeCo quality table of {chain} (name -> store): per base in
+    seco.bases its hard labels, PSA and SCC stores, and the hard labels of seco.quality_runs."""
+    out = {}
+    for run in config["seco"]["bases"]:
+        d = f"results/{wildcards.chain}/seco/{seco_folder(run)}"
+        out[f"hard:{run}"] = f"{d}/base_labels.h5"
+        out[f"seco:{run} PSA"] = f"{d}/psa_labels.h5"
+        out[f"seco:{run} SCC"] = f"{d}/scc_labels.h5"
+    for run in config["seco"]["quality_runs"]:
+        out.setdefault(f"hard:{run}", f"results/{wildcards.chain}/{run}/hard_labels.h5")
+    return out
+
+
+def seco_quality_flags(wildcards, input):
+    """--hard / --seco NAME=PATH of each store of seco_quality_stores, quoted."""
+    flags = []
+    for name, path in seco_quality_stores(wildcards).items():
+        kind, label = name.split(":", 1)
+        flags.append(f"--{kind} {shlex.quote(f'{label}={path}')}")
+    return " ".join(flags)
+
+
+def seco_quality_tables():
+    """The SeCo quality table of each chain, when seco.bases names a base (for `rule all`)."""
+    return [f"results/{c}/seco/quality.md" for c in CHAINS] if config["seco"]["bases"] else []
+
+
+def seco_table_notes():
+    """--note of each SeCo row of the results table: the proposer its labels came from."""
+    from segcore.seco.proposers import proposer_name
+
+    note = f"labels: {proposer_name(config['seco'])} proposer"
+    return " ".join(
+        "--note " + " ".join(shlex.quote(x) for x in (c, m, s, note)) for c, _, m, s in table_rows() if m == "seco"
+    )

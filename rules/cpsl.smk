@@ -5,29 +5,32 @@
 
 rule class_distribution:
     """Share of each class among the warm-up model's argmax predictions on target train at the
-    output stride (the official generate_class_distribution.py), counted in its soft labels."""
+    output stride (as the official generate_class_distribution.py), counted in its soft labels."""
     input:
         soft="results/{chain}/warmup/soft_labels.h5",
         target=target_manifest,
     output:
         "results/{chain}/warmup/class_distribution.json",
-    params:
-        target=target_spec,
-        num_classes=lambda wc: chain_cfg(wc.chain)["num_classes"],
-        code=code_version(*CODE_CLASS_DISTRIBUTION),
-    threads: 1
     log:
         "logs/class_distribution/{chain}.log",
     benchmark:
-        "logs/benchmark/class_distribution/{chain}.tsv",
+        "logs/benchmark/class_distribution/{chain}.tsv"
+    conda:
+        "../envs/segcore.yaml"
+    threads: 1
+    params:
+        script=workflow_script("class_distribution.py"),
+        target=target_train_spec,
+        num_classes=num_classes,
+        code=code_version("class_distribution.py"),
     shell:
-        "python {SCRIPTS:q}/class_distribution.py --soft-labels {input.soft:q} --target {params.target:q}"
+        "python {params.script:q} --soft-labels {input.soft:q} --target {params.target:q}"
         " --num-classes {params.num_classes} --out {output:q} > {log:q} 2>&1"
 
 
 rule cpsl_stage1:
-    """Stage 1: learnable cosine prototypes trained by class-balanced self-labeling rectify the
-    warm-up soft labels (reference/proda_cpsl.md 3.2)."""
+    """Stage 1: learnable cosine prototypes trained by class-balanced self-labeling (Sinkhorn
+    with the warm-up's class distribution as prior) rectify the warm-up soft labels."""
     input:
         init="results/{chain}/warmup/model.pt",
         prototypes="results/{chain}/warmup/prototypes.pt",
@@ -38,24 +41,29 @@ rule cpsl_stage1:
     output:
         model="results/{chain}/cpsl/stage1/model.pt",
         prototypes="results/{chain}/cpsl/stage1/prototypes.pt",
-    params:
-        source=source_spec,
-        target=target_spec,
-        num_classes=lambda wc: chain_cfg(wc.chain)["num_classes"],
-        options=stage_options_json("cpsl.stage1"),
-        seed=config["seed"],
-        resume_dir=lambda wc: f"{WORKDIR}/{wc.chain}/cpsl/stage1",
-        code=code_version(*CODE_CPSL),
-    threads: 1
-    resources:
-        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     log:
         "logs/cpsl_stage1/{chain}.log",
     benchmark:
-        "logs/benchmark/cpsl_stage1/{chain}.tsv",
+        "logs/benchmark/cpsl_stage1/{chain}.tsv"
+    conda:
+        "../envs/segcore.yaml"
+    threads: 1
+    resources:
+        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
+    params:
+        script=workflow_script("train_cpsl_stage1.py"),
+        source=source_train_spec,
+        target=target_train_spec,
+        num_classes=num_classes,
+        options=stage_options_json("cpsl.stage1"),
+        seed=config["seed"],
+        resume_dir=resume_dir("cpsl/stage1"),
+        code=code_version("train_cpsl_stage1.py"),
     shell:
-        TRAIN_LAUNCH + " {SCRIPTS:q}/train_cpsl_stage1.py --source {params.source:q} --target {params.target:q}"
-        " --num-classes {params.num_classes} --options {params.options:q} --seed {params.seed}"
-        " --init {input.init:q} --prototypes {input.prototypes:q} --soft-labels {input.soft:q}"
-        " --class-distribution {input.class_distribution:q} --out {output.model:q}"
-        " --out-prototypes {output.prototypes:q} --workdir {params.resume_dir:q} --threads {threads} > {log:q} 2>&1"
+        train_command(
+            "--source {params.source:q} --target {params.target:q} --num-classes {params.num_classes}"
+            " --options {params.options:q} --seed {params.seed} --init {input.init:q}"
+            " --prototypes {input.prototypes:q} --soft-labels {input.soft:q}"
+            " --class-distribution {input.class_distribution:q} --out {output.model:q}"
+            " --out-prototypes {output.prototypes:q} --workdir {params.resume_dir:q} --threads {threads}"
+        )

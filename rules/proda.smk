@@ -1,17 +1,6 @@
 # ProDA: stage 1 (prototypical denoising), then stages 2 and 3 (self-distillation).
-# Stages 2 and 3 are generic over {method} so that CPSL reuses them after its own stage 1.
-
-
-def source_spec(wc):
-    return data_spec(chain_cfg(wc.chain)["source"], "train")
-
-
-def source_manifest(wc):
-    return manifest(chain_cfg(wc.chain)["source"])
-
-
-def target_manifest(wc):
-    return manifest(chain_cfg(wc.chain)["target"])
+# Stages 2 and 3 are generic over {method} so that CPSL reuses them after its own stage 1
+# (the methods they serve: segcore/stages.py). Input functions and commands: rules/common.smk.
 
 
 rule proda_stage1:
@@ -23,50 +12,31 @@ rule proda_stage1:
         target=target_manifest,
     output:
         model="results/{chain}/proda/stage1/model.pt",
-    params:
-        source=source_spec,
-        target=target_spec,
-        num_classes=lambda wc: chain_cfg(wc.chain)["num_classes"],
-        options=stage_options_json("proda.stage1"),
-        seed=config["seed"],
-        resume_dir=lambda wc: f"{WORKDIR}/{wc.chain}/proda/stage1",
-        code=code_version(*CODE_STAGE1),
-    threads: 1
-    resources:
-        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     log:
         "logs/proda_stage1/{chain}.log",
     benchmark:
-        "logs/benchmark/proda_stage1/{chain}.tsv",
-    shell:
-        TRAIN_LAUNCH + " {SCRIPTS:q}/train_proda_stage1.py --source {params.source:q} --target {params.target:q}"
-        " --num-classes {params.num_classes} --options {params.options:q} --seed {params.seed}"
-        " --init {input.init:q} --prototypes {input.prototypes:q} --soft-labels {input.soft:q}"
-        " --out {output.model:q} --workdir {params.resume_dir:q} --threads {threads} > {log:q} 2>&1"
-
-
-def distill_shell(stage, init_kind):
-    return (
-        TRAIN_LAUNCH + " {SCRIPTS:q}/train_distill.py --stage {wildcards.method}_" + stage +
-        " --source {params.source:q} --target {params.target:q} --num-classes {params.num_classes}"
-        " --arch {params.arch} --options {params.options:q} --seed {params.seed}"
-        " --teacher {input.teacher:q} --hard-labels {input.hard:q} --student-init {input.init:q}"
-        " --init-kind " + init_kind + " --out {output.model:q} --workdir {params.resume_dir:q}"
-        " --threads {threads} > {log:q} 2>&1"
-    )
-
-
-def _distill_params(stage):
-    return dict(
-        source=source_spec,
-        target=target_spec,
-        num_classes=lambda wc: chain_cfg(wc.chain)["num_classes"],
-        arch=config["model"]["arch"],
-        options=lambda wc: stage_options_json(f"{wc.method}.{stage}"),
+        "logs/benchmark/proda_stage1/{chain}.tsv"
+    conda:
+        "../envs/segcore.yaml"
+    threads: 1
+    resources:
+        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
+    params:
+        script=workflow_script("train_proda_stage1.py"),
+        source=source_train_spec,
+        target=target_train_spec,
+        num_classes=num_classes,
+        options=stage_options_json("proda.stage1"),
         seed=config["seed"],
-        resume_dir=lambda wc: f"{WORKDIR}/{wc.chain}/{wc.method}/{stage}",
-        code=code_version(*CODE_DISTILL),
-    )
+        resume_dir=resume_dir("proda/stage1"),
+        code=code_version("train_proda_stage1.py"),
+    shell:
+        train_command(
+            "--source {params.source:q} --target {params.target:q} --num-classes {params.num_classes}"
+            " --options {params.options:q} --seed {params.seed} --init {input.init:q}"
+            " --prototypes {input.prototypes:q} --soft-labels {input.soft:q} --out {output.model:q}"
+            " --workdir {params.resume_dir:q} --threads {threads}"
+        )
 
 
 rule distill_stage2:
@@ -79,17 +49,19 @@ rule distill_stage2:
         target=target_manifest,
     output:
         model="results/{chain}/{method}/stage2/model.pt",
-    params:
-        **_distill_params("stage2"),
-    threads: 1
-    resources:
-        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     log:
         "logs/distill_stage2/{chain}/{method}.log",
     benchmark:
-        "logs/benchmark/distill_stage2/{chain}/{method}.tsv",
+        "logs/benchmark/distill_stage2/{chain}/{method}.tsv"
+    conda:
+        "../envs/segcore.yaml"
+    threads: 1
+    resources:
+        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
+    params:
+        **distill_params("stage2"),
     shell:
-        distill_shell("stage2", "simclr")
+        distill_command("stage2", "simclr")
 
 
 rule distill_stage3:
@@ -102,14 +74,16 @@ rule distill_stage3:
         target=target_manifest,
     output:
         model="results/{chain}/{method}/stage3/model.pt",
-    params:
-        **_distill_params("stage3"),
-    threads: 1
-    resources:
-        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     log:
         "logs/distill_stage3/{chain}/{method}.log",
     benchmark:
-        "logs/benchmark/distill_stage3/{chain}/{method}.tsv",
+        "logs/benchmark/distill_stage3/{chain}/{method}.tsv"
+    conda:
+        "../envs/segcore.yaml"
+    threads: 1
+    resources:
+        gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
+    params:
+        **distill_params("stage3"),
     shell:
-        distill_shell("stage3", "checkpoint")
+        distill_command("stage3", "checkpoint")

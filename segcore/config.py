@@ -1,19 +1,27 @@
 """Validate the workflow configuration and derive each stage's options from it.
 
-The Snakefile calls ``load_config`` at parse time, so a bad config stops the run before
+The Snakefile calls ``validate`` at parse time, so a bad config stops the run before
 any job starts, with one line that names the key and the reason.
+
+The schema ships inside the package (``segcore/schemas/``, read with importlib.resources, so
+a plain ``pip install .`` validates too): ``config.schema.yaml`` holds the shared keys, and
+each method declared in :mod:`segcore.stages` adds its own section file. The allowed keys of
+every training stage's section are derived when the schema is loaded: the keys of
+``train_options`` plus the stage's own properties.
 """
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+from importlib import resources
 
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "rules" / "schemas" / "config.schema.yaml"
-TRAIN_STAGES = ("source_only", "oracle", "warmup", "proda.stage1", "proda.stage2", "proda.stage3",
-                "cpsl.stage1", "cpsl.stage2", "cpsl.stage3")
+from segcore.stages import METHODS, TRAIN_STAGES
+
+SCHEMA_FILE = "config.schema.yaml"
+# libyaml's loader where PyYAML has it: the schema is read each time the Snakefile is parsed
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConfigError(ValueError):
@@ -36,9 +44,39 @@ def _with_defaults(cls):
 _DefaultingValidator = _with_defaults(Draft202012Validator)
 
 
-def load_schema(path: Path = SCHEMA_PATH) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f)
+def _schema_text(name: str) -> str:
+    return resources.files("segcore").joinpath("schemas", name).read_text(encoding="utf-8")
+
+
+def _resolve(schema: dict, node: dict) -> dict:
+    """``node``, or the local ``$defs`` entry its ``$ref`` points at."""
+    while "$ref" in node:
+        target = schema
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def load_schema() -> dict:
+    """The full config schema: the shared keys, each declared method's section, and the
+    derived allowed keys of every training stage's section."""
+    schema = yaml.load(_schema_text(SCHEMA_FILE), Loader=_YAML_LOADER)
+    for method in METHODS:
+        fragment = yaml.load(_schema_text(method.schema), Loader=_YAML_LOADER)
+        for part in ("properties", "$defs"):
+            clash = set(fragment.get(part, {})) & set(schema.get(part, {}))
+            if clash:
+                raise ValueError(f"segcore/schemas/{method.schema}: redefines {part} {sorted(clash)}")
+            schema.setdefault(part, {}).update(fragment.get(part, {}))
+    train_keys = list(schema["$defs"]["train_options"]["properties"])
+    for stage in TRAIN_STAGES:
+        node = schema
+        for part in stage.split("."):
+            node = _resolve(schema, node["properties"][part])
+        own = [k for k in node.get("properties", {}) if k not in train_keys]
+        node["propertyNames"] = {"enum": train_keys + own}
+    return schema
 
 
 def _key(error) -> str:
@@ -64,7 +102,10 @@ def validate(config: dict, schema: dict | None = None) -> dict:
         if chain["source"] not in config["datasets"] or chain["target"] not in config["datasets"]:
             raise ConfigError(f"config key 'chains.{name}': dataset not configured under 'datasets'")
         if chain["source"] == "synthia" and chain["num_classes"] != 16:
-            raise ConfigError(f"config key 'chains.{name}.num_classes': SYNTHIA chains use the 16-class protocol, got {chain['num_classes']}")
+            raise ConfigError(
+                f"config key 'chains.{name}.num_classes': SYNTHIA chains use the 16-class protocol,"
+                f" got {chain['num_classes']}"
+            )
     # every stage's merged options must be valid training options too
     train_schema = dict(schema["$defs"]["train_options"], **{"$defs": schema["$defs"]})
     train_keys = set(schema["$defs"]["train_options"]["properties"])

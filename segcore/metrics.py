@@ -1,6 +1,6 @@
 """Segmentation metrics: one confusion matrix over a whole split, IoU and mIoU from it.
 
-Protocol (reference/proda_cpsl.md 1.5): pixels with ``0 <= gt < C`` are counted (255 and
+Protocol (docs/protocol.md, Evaluation): pixels with ``0 <= gt < C`` are counted (255 and
 any other id outside the class range are skipped); IoU_c = TP / (TP + FP + FN); mIoU is the
 mean over the classes whose IoU is defined (NaN-mean: a class absent from both the ground
 truth and the prediction does not count). SYNTHIA chains (16 classes) also report mIoU13,

@@ -134,9 +134,9 @@ def add_source_target_arguments(parser) -> None:
     """The arguments of a self-training stage's script: both sets, class count, options, seed."""
     parser.add_argument("--source", required=True, help="JSON: manifest, split, resize of the labelled source set")
     parser.add_argument("--target", required=True, help="JSON: manifest, split, resize of the target train set")
-    parser.add_argument("--num-classes", type=int, required=True)
+    parser.add_argument("--num-classes", type=int, required=True, help="classes of the chain (19, or 16 for SYNTHIA)")
     parser.add_argument("--options", required=True, help="JSON of the stage's options")
-    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True, help="random seed of the stage (data order, views, init)")
 
 
 def check_source_target(args) -> tuple[dict, list]:

@@ -1,9 +1,10 @@
 """The results table: our numbers per (chain, method, stage) next to the published ones.
 
 Each entry points at a metrics JSON written by :func:`segcore.metrics.summarize` (the
-last checkpoint: the primary number, DESIGN.md 5) and optionally at a second one for the
-checkpoint selected on the evaluation set (``metrics_best``: what the papers report,
-labelled as such). Published numbers come from ``reference/published_results.csv``.
+last checkpoint: our primary number) and optionally at a second one for the checkpoint
+selected on the evaluation set (``metrics_best``: what the papers report, labelled as
+such). Published numbers come from a CSV such as ``configs/published_results.csv``.
+The row order of methods and stages comes from the declarations in :mod:`segcore.stages`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pandas as pd
 
 from segcore.atomic import atomic_path, write_text
 from segcore.data.classes import CLASSES19
+from segcore.stages import BASELINE_METHODS, METHOD_ORDER, STAGE_ORDER
 
 __all__ = [
     "CHAIN_ORDER",
@@ -28,13 +30,11 @@ __all__ = [
     "write_tables",
 ]
 
-# Row order of the table. Later methods add themselves to these lists (before "oracle",
-# which stays last); names not listed sort after the listed ones, alphabetically.
+# Row order of the table: chains as listed here, methods and stages in the order of their
+# declarations (segcore.stages, where "oracle" stays last); names not declared sort after
+# the declared ones but before "oracle", alphabetically. BASELINE_METHODS (declared without
+# published numbers) get no paper number.
 CHAIN_ORDER = ["gta5_to_cityscapes", "synthia_to_cityscapes"]
-METHOD_ORDER = ["source_only", "proda", "cpsl", "oracle"]
-STAGE_ORDER = ["source_only", "warmup", "stage1", "stage2", "stage3", "oracle"]
-#: methods that are not a paper's method and have no published number
-BASELINE_METHODS = ("source_only", "oracle")
 #: class count each known chain is evaluated with (a metrics file must agree)
 CHAIN_NUM_CLASSES = {"gta5_to_cityscapes": 19, "synthia_to_cityscapes": 16}
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The test command of the README: makes .venv if it is missing, installs the project with its
-# test extra, then runs the whole suite.
+# test extra, runs the linters (a lint failure fails the command), then the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/snakemake --lint        # Snakemake's best practices for the Snakefile and rules/*.smk
+.venv/bin/snakefmt --check .      # formatting of the Snakefile and rules/*.smk (pyproject.toml)
+.venv/bin/ruff check .            # Python lint (pyproject.toml)
 exec .venv/bin/python -m pytest -q "$@"

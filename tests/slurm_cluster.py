@@ -15,6 +15,9 @@ What it does (reference: Debian bookworm, Slurm 22.05, munge 0.5; needs root):
   variables before its `srun` (it refuses to start if that file is someone else's);
 * one node `localhost` (127.0.0.1) in one partition `main`, on free TCP ports, without
   accounting (no slurmdbd: `sacct` does not work, use `squeue`/`scontrol show job`);
+* jobs are requeueable (`scontrol requeue`, preemption, node failure) only when submitted
+  with `sbatch --requeue` (JobRequeue=0); a requeued job is eligible again after Slurm's own
+  delay of about two minutes (`scontrol update JobId=<id> StartTime=now` skips it);
 * the node declares more than this machine has (16 CPUs, 64 GB, 4 GPUs by default, with
   SlurmdParameters=config_overrides) so that every job of profiles/slurm can be scheduled:
   the cluster checks what jobs ask for and runs them, it does not measure speed;
@@ -186,6 +189,8 @@ SlurmdParameters=config_overrides
 DefMemPerCPU=500
 # finished jobs stay visible to squeue and `scontrol show job` for an hour
 MinJobAge=3600
+# jobs are not requeueable unless submitted with `sbatch --requeue` (as on many clusters)
+JobRequeue=0
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
@@ -286,7 +291,7 @@ PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 parts.append(f"--- {path}\n{_tail(path)}")
         return "\n".join(parts)
 
-    def start(self, timeout: float = 90) -> "LocalCluster":
+    def start(self, timeout: float = 90) -> LocalCluster:
         if _running(self.state_file):
             raise RuntimeError(f"a cluster from {self.root} is still running; stop it first (down --dir {self.root})")
         ensure_installed()

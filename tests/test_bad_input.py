@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_convert import PALETTE, make_cityscapes, make_gta5, make_synthia
 
 from segcore.data.convert import convert_dataset
 from segcore.data.io import write_png, write_png16
 from segcore.models.checkpoint import load_model, save_model
 from segcore.models.deeplabv2 import build_deeplabv2
 from segcore.pseudo.store import SoftWriter
-from test_convert import PALETTE, make_cityscapes, make_gta5, make_synthia
 from workflow_helpers import ROOT, snakemake, tiny_config, write_config
 
 SCRIPTS = ROOT / "workflow_scripts"
@@ -115,7 +115,8 @@ def good(tmp_path_factory):
     keys = [ln.split(",")[0] for ln in manifest.read_text().splitlines()[1:]]
     torch.manual_seed(0)
     for c in (19, 16):
-        save_model(base / f"ckpt{c}.pt", build_deeplabv2(c, "small"), {"arch": "small", "num_classes": c, "bn_clr": False})
+        save_model(base / f"ckpt{c}.pt", build_deeplabv2(c, "small"),
+                   {"arch": "small", "num_classes": c, "bn_clr": False})
     torch.save({"model": {"w": torch.zeros(1)}, "meta": {"arch": "resnet101", "num_classes": 19, "bn_clr": True}},
                base / "ckpt_resnet101.pt")
 
@@ -169,8 +170,9 @@ def cpsl_stage1(good, tmp_path, **kw) -> tuple[str, subprocess.CompletedProcess]
 
 
 def train_source(good, tmp_path, labelled=None, options=None, inproc=True):
-    return script("train_source.py", "--mode", "source_only", "--labelled", labelled or spec(good / "data/manifest.csv"),
-                  "--num-classes", 19, "--arch", "small", "--options", json.dumps(options or OPTIONS), "--seed", 0,
+    return script("train_source.py", "--mode", "source_only",
+                  "--labelled", labelled or spec(good / "data/manifest.csv"), "--num-classes", 19,
+                  "--arch", "small", "--options", json.dumps(options or OPTIONS), "--seed", 0,
                   "--out", tmp_path / "model.pt", "--workdir", tmp_path / "work", inproc=inproc)
 
 
@@ -318,7 +320,8 @@ def case_checkpoint_other_arch(tmp_path, good):
                      "--arch", "small", "--options", json.dumps(OPTIONS), "--seed", 0, "--teacher", good / "ckpt19.pt",
                      "--hard-labels", tmp_path / "hard.h5", "--student-init", good / "ckpt_resnet101.pt",
                      "--init-kind", "checkpoint", "--out", tmp_path / "o.pt", "--workdir", tmp_path / "w")
-    return line, [str(good / "ckpt_resnet101.pt")], "architecture mismatch: checkpoint is arch 'resnet101', expected 'small'"
+    return (line, [str(good / "ckpt_resnet101.pt")],
+            "architecture mismatch: checkpoint is arch 'resnet101', expected 'small'")
 
 
 def case_checkpoint_weights_of_other_arch(tmp_path, good):
@@ -336,7 +339,8 @@ def case_not_a_checkpoint(tmp_path, good):
 
 
 def case_store_missing(tmp_path, good):
-    return stage1(good, tmp_path, soft_labels=tmp_path / "none.h5")[0], [str(tmp_path / "none.h5")], "pseudo-label store not found"
+    return (stage1(good, tmp_path, soft_labels=tmp_path / "none.h5")[0], [str(tmp_path / "none.h5")],
+            "pseudo-label store not found")
 
 
 def case_store_other_image_list(tmp_path, good):
@@ -365,7 +369,8 @@ def case_class_distribution_other_class_count(tmp_path, good):
 def case_prototypes_other_class_count(tmp_path, good):
     (tmp_path / "other").mkdir()
     protos16, _ = cpsl_inputs(tmp_path / "other", protos_classes=16)
-    return cpsl_stage1(good, tmp_path, prototypes=protos16)[0], [str(protos16)], "prototypes for 16 classes, the chain has 19"
+    return (cpsl_stage1(good, tmp_path, prototypes=protos16)[0], [str(protos16)],
+            "prototypes for 16 classes, the chain has 19")
 
 
 def case_disk_full_checkpoint(tmp_path, good, monkeypatch):
@@ -423,7 +428,8 @@ def case_config_negative_learning_rate(tmp_path, good):
 
 
 def case_config_zero_iterations(tmp_path, good):
-    return dry_run(tmp_path, proda={"stage1": {"iterations": 0}}), ["'proda.stage1.iterations'"], "0 is less than the minimum of 1"
+    return (dry_run(tmp_path, proda={"stage1": {"iterations": 0}}), ["'proda.stage1.iterations'"],
+            "0 is less than the minimum of 1")
 
 
 def case_config_unknown_key(tmp_path, good):
@@ -442,7 +448,8 @@ CASES = {name[len("case_"):]: fn for name, fn in sorted(globals().items()) if na
 def test_bad_input(name, tmp_path, good, request, capsys):
     _CAPSYS.append(capsys)
     fn = CASES[name]
-    extra = {k: request.getfixturevalue(k) for k in ("monkeypatch", "capsys") if k in fn.__code__.co_varnames[:fn.__code__.co_argcount]}
+    params = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+    extra = {k: request.getfixturevalue(k) for k in ("monkeypatch", "capsys") if k in params}
     line, names, what = fn(tmp_path, good, **extra)
     assert "\n" not in line.strip(), line
     for n in names:

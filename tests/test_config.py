@@ -71,6 +71,10 @@ def test_stage_options_merge_overrides(cfg):
         ({"chains": {"synthia_to_cityscapes": {"source": "synthia", "target": "cityscapes", "num_classes": 19}}},
          "config key 'chains.synthia_to_cityscapes.num_classes': SYNTHIA chains use the 16-class protocol"),
         ({"typo_key": 1}, "'typo_key' was unexpected"),
+        # the allowed keys of a stage section are derived from train_options and the stage's own keys
+        ({"proda": {"stage1": {"proto_consitW": 1.0}}}, "config key 'proda.stage1': 'proto_consitW' is not one of"),
+        ({"cpsl": {"stage2": {"treshold": 0.9}}}, "config key 'cpsl.stage2': 'treshold' is not one of"),
+        ({"oracle": {"adv_weight": 0.1}}, "config key 'oracle': 'adv_weight' is not one of"),
     ],
 )
 def test_bad_config_names_key_and_reason(cfg, patch, message):

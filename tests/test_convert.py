@@ -85,7 +85,7 @@ def _manifest(out: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- id maps
 
-# Ordered source ids of the official 19- and 16-class lists (reference/proda_cpsl.md 1.1): an
+# Ordered source ids of the official 19- and 16-class lists (docs/protocol.md, Datasets and classes): an
 # independent oracle for classes.py.
 OFFICIAL_CS_19 = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 OFFICIAL_SYN_19 = [3, 4, 2, 21, 5, 7, 15, 9, 6, 16, 1, 10, 17, 8, 18, 19, 20, 12, 11]
@@ -152,7 +152,8 @@ def test_convert_synthia_16bit(tmp_path):
     root, out = tmp_path / "syn", tmp_path / "out"
     raw = make_synthia(root)
     # Pillow cannot read these labels: the fixture really is 16-bit
-    assert not np.array_equal(np.asarray(Image.open(next((root / "GT" / "LABELS").iterdir()))), next(iter(raw.values())))
+    first = next((root / "GT" / "LABELS").iterdir())
+    assert not np.array_equal(np.asarray(Image.open(first)), next(iter(raw.values())))
     before = _tree_digest(root)
     convert_dataset("synthia", root, out, workers=2, progress=False)
     assert _tree_digest(root) == before
@@ -171,19 +172,22 @@ def test_convert_cityscapes_parallel(tmp_path):
     assert "train/aachen/aachen_000000_000019" in keys and not any(k.startswith("test/") for k in keys)
     assert {r["split"] for r in _manifest(tmp_path / "o2")} == {"train", "val"}
     for k in keys:
-        assert (tmp_path / "o1" / "labels" / f"{k}.png").read_bytes() == (tmp_path / "o2" / "labels" / f"{k}.png").read_bytes()
+        one, two = (tmp_path / o / "labels" / f"{k}.png" for o in ("o1", "o2"))
+        assert one.read_bytes() == two.read_bytes()
     assert (tmp_path / "o1" / "class_stats.json").read_text() == (tmp_path / "o2" / "class_stats.json").read_text()
 
 
 def test_cli(tmp_path, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("convert_cli", Path(__file__).resolve().parents[1] / "workflow_scripts" / "convert.py")
+    script = Path(__file__).resolve().parents[1] / "workflow_scripts" / "convert.py"
+    spec = importlib.util.spec_from_file_location("convert_cli", script)
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     root = tmp_path / "gta"
     make_gta5(root, n=2)
-    assert cli.main(["--dataset", "gta5", "--root", str(root), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 0
+    assert cli.main(["--dataset", "gta5", "--root", str(root), "--out", str(tmp_path / "out"),
+                     "--workers", "1", "--no-progress"]) == 0
     assert len(_manifest(tmp_path / "out")) == 2
     assert cli.main(["--dataset", "gta5", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

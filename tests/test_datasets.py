@@ -90,7 +90,8 @@ def test_view_params_and_label(tmp_path):
     assert torch.equal(apply_view(plain[2]["label"], s["view"], "nearest"), s["label"])
     again = ds[(2, 123)]
     assert torch.equal(again["image"], s["image"]) and torch.equal(again["view"]["crop"], s["view"]["crop"])
-    assert "label" not in SegmentationDataset(manifest, "train", 19, transform=WeakView(50, (32, 16)), with_labels=False)[0]
+    unlabelled = SegmentationDataset(manifest, "train", 19, transform=WeakView(50, (32, 16)), with_labels=False)
+    assert "label" not in unlabelled[0]
 
 
 def test_construction_errors(tmp_path):
@@ -121,7 +122,8 @@ def test_infinite_loader_reproducible_and_reshuffled(tmp_path):
     b = _take(infinite_loader(ds, batch_size=2, seed=3, num_workers=2), 9)
     assert a[0]["image"].shape == (2, 3, 16, 32) and a[0]["view"]["crop"].shape == (2, 4)
     for x, y in zip(a, b):  # views depend on the seed, not on the number of workers
-        assert torch.equal(x["index"], y["index"]) and torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+        assert (torch.equal(x["index"], y["index"]) and torch.equal(x["image"], y["image"])
+                and torch.equal(x["label"], y["label"]))
     epochs = [torch.cat([x["index"] for x in a[e * 3:(e + 1) * 3]]).tolist() for e in range(3)]
     assert all(sorted(e) == list(range(6)) for e in epochs)
     assert len({tuple(e) for e in epochs}) > 1  # reshuffled each epoch

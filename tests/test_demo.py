@@ -10,8 +10,14 @@ import pytest
 from PIL import Image
 
 from segcore.data import demo
-from segcore.data.classes import (CITYSCAPES_KNOWN_LABELIDS, CITYSCAPES_LABELID_COLORS, CITYSCAPES_LUT,
-                                  IGNORE_INDEX, SYNTHIA_KNOWN_IDS, SYNTHIA_LUT19)
+from segcore.data.classes import (
+    CITYSCAPES_KNOWN_LABELIDS,
+    CITYSCAPES_LABELID_COLORS,
+    CITYSCAPES_LUT,
+    IGNORE_INDEX,
+    SYNTHIA_KNOWN_IDS,
+    SYNTHIA_LUT19,
+)
 from segcore.data.io import read_label8, read_png_unchanged, read_rgb
 
 SMALL = (64, 32)
@@ -68,7 +74,8 @@ def test_synthia_layout_and_16bit_labels(tmp_path):
 def test_cityscapes_layout_and_void_ids(tmp_path):
     demo.make_cityscapes(tmp_path, 4, 3, size=(80, 40))
     pattern = re.compile(r"([a-z]+)_(\d{6})_(\d{6})_leftImg8bit\.png")
-    for split, count, cities in (("train", 4, {"aachen", "bochum", "bremen"}), ("val", 3, {"frankfurt", "lindau", "munster"})):
+    for split, count, cities in (("train", 4, {"aachen", "bochum", "bremen"}),
+                                 ("val", 3, {"frankfurt", "lindau", "munster"})):
         images = sorted((tmp_path / "leftImg8bit" / split).glob("*/*.png"))
         assert len(images) == count
         assert {p.parent.name for p in images} <= cities

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from segcore.data import demo
-from workflow_helpers import ROOT, planned_jobs, snakemake
+from workflow_helpers import ROOT, planned_jobs, snakemake, write_pretrained_stand_ins
 
 
 @pytest.fixture(scope="module")
@@ -14,9 +14,7 @@ def real_layout(tmp_path_factory):
     demo.make_gta5(work / "data/GTA5", 2, size=(1914, 1052))
     demo.make_synthia(work / "data/SYNTHIA_RAND_CITYSCAPES", 2, size=(1280, 760))
     demo.make_cityscapes(work / "data/cityscapes", 2, 2, size=(2048, 1024))
-    (work / "pretrained").mkdir()
-    for name in ("resnet101-5d3b4d8f.pth", "r101_1x_sk0.pth"):
-        (work / "pretrained" / name).write_bytes(b"stand-in: planning reads no weights")
+    write_pretrained_stand_ins(work)
     shutil.copy(ROOT / "config.yaml", work / "config.yaml")
     return work
 
@@ -44,3 +42,48 @@ def test_full_scale_chain_plans(real_layout, chain, source):
     assert '"regular_w": ' + ("0.1" if source == "gta5" else "0.0") in out
     other = "synthia_to_cityscapes" if source == "gta5" else "gta5_to_cityscapes"
     assert f"results/{other}/" not in out
+    # SeCo: both configured bases (ProDA and CPSL stage 1) refined with SAM ViT-H and the ImageNet
+    # ResNet-101 classifier (both in the quality table); the table's row re-trains on ProDA stage 1's
+    assert jobs["seco_base_labels"] == jobs["seco_psa"] == jobs["seco_scc"] == 2 and jobs["seco_retrain"] == 1
+    assert '"checkpoint": "pretrained/sam_vit_h_4b8939.pth"' in out and "--base proda/stage1" in out
+    assert '"imagenet": "pretrained/resnet101-5d3b4d8f.pth"' in out and '"iterations": 5000' in out
+    assert "seco_retrain.py --recipe self_training" in out and '"iterations": 62412' in out
+    # DDB: two rounds of the cu and ca paths and their distillation, six trained runs
+    assert (jobs["ddb_st"], jobs["ddb_prototypes"], jobs["ddb_ckd"]) == (4, 4, 2)
+    ddb = [ln for ln in out.splitlines() if "train_ddb_" in ln]
+    assert len(ddb) == 6 and all("--arch resnet101_v1c" in ln and '"iterations": 40000' in ln for ln in ddb)
+    assert sum("--imagenet pretrained/resnet101_v1c-e67eebb6.pth" in ln for ln in ddb) == 4  # round-1 ST, CKD
+    assert sum(f"--init results/{chain}/ddb/r1_ckd/model.pt" in ln for ln in ddb) == 2
+
+
+@pytest.mark.parametrize("chain, source_lr, source_size", [
+    ("gta5_to_cityscapes", {"swin": 6e-6, "mit": 2e-5}, [1280, 720]),
+    ("synthia_to_cityscapes", {"swin": 2e-6, "mit": 2e-6}, [1280, 760]),
+])
+def test_full_scale_uvpt_plans_both_backbones(real_layout, chain, source_lr, source_size):
+    import json
+    import re
+
+    proc = snakemake(real_layout, "-n", "-p", "--configfile", str(ROOT / "configs" / f"{chain}.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["uvpt_source"] == jobs["uvpt_pseudo_labels"] == jobs["uvpt_adapt"] == 2
+    out = proc.stdout
+    adapt_lr = {"swin": 6e-6, "mit": 4e-6}
+    for family, preset, weights in (("swin", "swin_b", "swin_b-68c6b09e.pth"), ("mit", "mit_b5", "mit_b5.pth")):
+        src = re.search(rf"train_uvpt_source.py --source '(.*?)' .*--backbone {preset} "
+                        rf"--imagenet-weights pretrained/{re.escape(weights)} --options '(.*?)'", out)
+        assert src, f"no uvpt_source command for {preset}"
+        assert json.loads(src.group(1))["resize"] == source_size
+        opts = json.loads(src.group(2))
+        assert opts["lr"] == source_lr[family] and opts["iterations"] == 400000 and opts["batch_size"] == 2
+        assert opts["base_width"] == source_size[0] and opts["schedule"] == "warmup_poly"
+        ada = re.search(rf"train_uvpt_adapt.py --target '(.*?)' .*--init results/{chain}/uvpt/{family}/source/"
+                        rf"model.pt .*--options '(.*?)'", out)
+        assert ada, f"no uvpt_adapt command for {family}"
+        assert json.loads(ada.group(1))["resize"] == [1024, 512]
+        opts = json.loads(ada.group(2))
+        assert opts["lr"] == adapt_lr[family] and opts["iterations"] == 80000 and opts["batch_size"] == 1
+        assert opts["correction"] == {"enabled": True, "queue": 1000, "interval": 200, "slope_threshold": 0.95,
+                                      "quantile": 0.8}
+        assert opts["crop"] == [512, 512] and not opts["released"] and not opts["freeze_bn"]

@@ -201,7 +201,8 @@ def test_cuda_matches_cpu():
 def test_cpu_fast_path_equals_numpy_fast_hist():
     """The uint16 + np.bincount CPU path counts exactly what the official fast_hist counts."""
     rng = np.random.default_rng(0)
-    for c, ldt, pdt in ((19, np.uint8, np.uint8), (16, np.int64, np.int64), (19, np.uint8, np.int64), (2, np.int32, np.uint8)):
+    for c, ldt, pdt in ((19, np.uint8, np.uint8), (16, np.int64, np.int64), (19, np.uint8, np.int64),
+                        (2, np.int32, np.uint8)):
         label = rng.integers(0, c, (37, 53)).astype(ldt)
         label[rng.random(label.shape) < 0.2] = 255
         pred = rng.integers(0, c, label.shape).astype(pdt)

@@ -2,9 +2,10 @@
 after one full run, and an interrupted pseudo-label write is never taken as complete.
 
 The workflow runs from a copy of this repository's workflow files (Snakefile, rules, scripts,
-segcore sources, configs, profiles) so that the code-change test can edit a source file of the
-copy: the scripts still import the installed segcore, but the planning hashes the files under
-the Snakefile's folder (``code_version`` in rules/common.smk), which is what is checked here.
+segcore sources, configs, profiles, envs) so that the code-change tests can edit a source file
+of the copy: the scripts still import the installed segcore, but the planning hashes the import
+closure of each rule's entry script under the Snakefile's folder (``code_version`` in
+rules/common.smk, segcore/code_version.py), which is what is checked here.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from pathlib import Path
 import h5py
 import pytest
 
+from segcore import stages
 from segcore.pseudo.store import HardStore, SoftStore
 from workflow_helpers import ROOT, planned_jobs, snakemake, tiny_config, write_config
 
-COPIED = ("Snakefile", "rules", "workflow_scripts", "segcore", "configs", "profiles")
+COPIED = ("Snakefile", "rules", "workflow_scripts", "segcore", "configs", "profiles", "envs")
 CHAINS = ("gta5_to_cityscapes", "synthia_to_cityscapes")
 
 
@@ -51,7 +53,7 @@ def wf(tmp_path_factory):
     work = base / "work dir"
     work.mkdir()
     write_config(work, tiny_config())
-    proc = run_snakemake(repo, work)
+    proc = run_snakemake(repo, work, timeout=1800)  # a shared, loaded machine can take minutes
     assert proc.returncode == 0, proc.stderr[-4000:]
     return repo, work
 
@@ -73,9 +75,11 @@ def test_stage1_parameter_reruns_stage1_and_downstream_in_both_chains(wf, restor
     cfg["proda"]["stage1"]["proto_consistW"] = 5.0
     write_config(wf[1], cfg)
     out = dry_run(wf)
-    # stage 1, the stage-1 and stage-2 hard labels, stages 2 and 3, their evaluations, the table
+    # stage 1, the stage-1 and stage-2 hard labels, stages 2 and 3, SeCo on stage 1 (seco.bases)
+    # and its quality tables, their evaluations, the table
     assert planned_jobs(out) == {"proda_stage1": 2, "hard_labels": 4, "distill_stage2": 2, "distill_stage3": 2,
-                                 "evaluate": 6, "results_table": 1, "all": 1}
+                                 "seco_base_labels": 2, "seco_psa": 2, "seco_scc": 2, "seco_retrain": 2,
+                                 "seco_quality": 2, "evaluate": 8, "results_table": 1, "all": 1}
     outputs = planned_outputs(out)
     for chain in CHAINS:
         assert f"results/{chain}/proda/stage1/model.pt" in outputs
@@ -93,8 +97,12 @@ def test_synthia_converter_parameter_reruns_only_the_synthia_chain(wf, restore_c
     # trains on Cityscapes only and stays
     assert planned_jobs(out) == {"convert": 1, "source_only": 1, "warmup": 1, "simclr": 1, "soft_labels": 1,
                                  "init_prototypes": 1, "class_distribution": 1, "proda_stage1": 1, "cpsl_stage1": 1,
-                                 "hard_labels": 4, "distill_stage2": 2, "distill_stage3": 2, "evaluate": 8,
-                                 "results_table": 1, "all": 1}
+                                 "hard_labels": 4, "distill_stage2": 2, "distill_stage3": 2,
+                                 "ddb_st": 4, "ddb_prototypes": 4, "ddb_ckd": 2,
+                                 "uvpt_source": 2, "uvpt_pseudo_labels": 2, "uvpt_adapt": 2,
+                                 "seco_base_labels": 1, "seco_psa": 1, "seco_scc": 1, "seco_retrain": 1,
+                                 "seco_quality": 1,
+                                 "evaluate": len(stages.TABLE_RUNS) - 1, "results_table": 1, "all": 1}
     outputs = planned_outputs(out)
     assert "results/data/synthia/manifest.csv" in outputs
     assert not any("gta5" in p or "data/cityscapes" in p or "oracle" in p for p in outputs), outputs
@@ -121,6 +129,32 @@ def test_code_change_reruns_the_stages_running_that_code(wf):
     assert planned_jobs(out) == {"distill_stage2": 4, "hard_labels": 4, "distill_stage3": 4, "evaluate": 8,
                                  "results_table": 1, "all": 1}
     assert "Nothing to be done" in dry_run(wf)  # restored source: up to date again
+
+
+def dry_run_after_edit(wf, rel):
+    """The dry run with one source file of the copy edited (restored after)."""
+    source = wf[0] / rel
+    original = source.read_bytes()
+    try:
+        source.write_bytes(original + b"\n# an edit\n")
+        return dry_run(wf)
+    finally:
+        source.write_bytes(original)
+
+
+def test_editing_a_module_evaluation_imports_indirectly_reruns_every_evaluation(wf):
+    # workflow_scripts/evaluate.py -> segcore/evaluate.py -> segcore/metrics.py; no training imports it
+    out = dry_run_after_edit(wf, "segcore/metrics.py")
+    assert planned_jobs(out) == {"evaluate": len(CHAINS) * len(stages.TABLE_RUNS), "results_table": 1, "all": 1}
+
+
+def test_editing_a_module_a_stage_does_not_import_leaves_it_up_to_date(wf):
+    # only CPSL stage 1 imports the CPSL module: ProDA's stages and everything upstream stay
+    out = dry_run_after_edit(wf, "segcore/methods/cpsl.py")
+    assert planned_jobs(out) == {"cpsl_stage1": 2, "hard_labels": 4, "distill_stage2": 2, "distill_stage3": 2,
+                                 "evaluate": 6, "results_table": 1, "all": 1}
+    assert not any("/proda/" in p or "warmup/" in p for p in planned_outputs(out)), planned_outputs(out)
+    assert "Nothing to be done" in dry_run(wf)
 
 
 def test_targeted_forcerun_runs_that_job_only(wf):

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflow_helpers import snakemake_cmd, snakemake_env, tiny_config, write_config
 from workflow_helpers import snakemake as run_workflow
+from workflow_helpers import snakemake_cmd, snakemake_env, tiny_config, write_config
 
 CHAIN = "gta5_to_cityscapes"
 ITERATIONS, EVERY = 60, 4
@@ -84,7 +84,7 @@ def kill_mid_way(workdir: Path, target: str, rule: str, script: str, marker: str
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            done = [int(n) for n in re.findall(r"^it (\d+)/", log.read_text(), re.M)] if log.exists() else []
+            done = [int(n) for n in re.findall(r"\] it (\d+)/", log.read_text())] if log.exists() else []
             pids = training_pids(script, marker, workdir)
             if pids and state.exists() and done and max(done) >= kill_at:
                 for pid in pids:

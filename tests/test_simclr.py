@@ -121,7 +121,8 @@ def test_augment_crop_box_and_probabilities():
     # an impossible scale range falls back to a centred box of the output's aspect ratio
     assert SimCLRAugment((32, 16), scale=(1.0, 1.0), ratio=(4.0, 4.0)).crop_box(30, 70) == (0, 5, 30, 60)
     # no colour change at all with every probability at 0 and full-image crops: identity (up to flip)
-    plain = SimCLRAugment((20, 10), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    plain = SimCLRAugment((20, 10), scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                          flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0)
     img = torch.rand(3, 10, 20)
     torch.testing.assert_close(plain.view(img), img)
     gray = SimCLRAugment((20, 10), scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter_p=0.0, gray_p=1.0, blur_p=0.0).view(img)

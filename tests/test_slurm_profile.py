@@ -27,7 +27,15 @@ def test_every_entry_is_commented_and_gpu_rules_are_consistent():
     profile = yaml.safe_load(text)
     assert profile["executor"] == "slurm" and profile["jobs"] >= 1
     assert profile["slurm-status-command"] == "squeue"  # sacct hangs on clusters without slurmdbd
-    assert not {"gpu", "gres", "tasks", "cpus_per_task", "slurm_partition", "slurm_account"} & set(profile["default-resources"])
+    # a failed job is never resubmitted (a non-zero exit fails the same way again); a preempted
+    # job or one whose node failed is requeued by Slurm itself (sbatch --requeue)
+    assert profile["retries"] == 0 and profile["slurm-requeue"] is True
+    assert profile["rerun-incomplete"] is True  # after a killed Snakemake, training resumes
+    # profiles/default is applied on top as the workflow profile, and its keys win
+    local = yaml.safe_load(ROOT.joinpath("profiles", "default", "config.yaml").read_text())
+    assert not {"retries", "slurm-requeue", "slurm-no-requeue"} & set(local)
+    machine_only = {"gpu", "gres", "tasks", "cpus_per_task", "slurm_partition", "slurm_account"}
+    assert not machine_only & set(profile["default-resources"])
     for rule, res in profile["set-resources"].items():
         assert "gres" not in res and "tasks" not in res and "cpus_per_task" not in res, rule
         assert res["gpu"] >= 1 and {"cpus_per_gpu", "mem_mb", "runtime"} <= set(res), rule
@@ -83,7 +91,10 @@ def jobs_of(output: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     work = tmp_path_factory.mktemp("dry")
-    write_config(work, tiny_config())
+    cfg = tiny_config()
+    # a global batch the profile's 4-GPU rules can split (batch 2 stops at parse time: test_cluster_check.py)
+    cfg["train"] = dict(cfg["train"], batch_size=4)
+    write_config(work, cfg)
     return work
 
 

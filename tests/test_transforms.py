@@ -86,7 +86,8 @@ def test_apply_view_matches_official_full2weak_at_stride():
     feat = torch.randn(5, 27, 48, generator=gen)  # e.g. features at 1/4 of a 108x192 image
     for _ in range(10):
         p = view.sample(108, 192, gen)
-        torch.testing.assert_close(apply_view(feat, p, "bilinear", stride=4), _full2weak(feat, p, 4), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(apply_view(feat, p, "bilinear", stride=4), _full2weak(feat, p, 4),
+                                   atol=1e-4, rtol=1e-4)
         assert apply_view(feat, p, "bilinear", stride=4).shape == (5, 12, 24)
 
 

@@ -12,7 +12,10 @@ from workflow_helpers import planned_with_config, snakemake, tiny_config, write_
 RUNS = {("source_only", "source_only"): "source_only", ("proda", "warmup"): "warmup",
         ("proda", "stage1"): "proda/stage1", ("proda", "stage2"): "proda/stage2",
         ("proda", "stage3"): "proda/stage3", ("cpsl", "stage1"): "cpsl/stage1", ("cpsl", "stage2"): "cpsl/stage2",
-        ("cpsl", "stage3"): "cpsl/stage3", ("oracle", "oracle"): "oracle"}
+        ("cpsl", "stage3"): "cpsl/stage3", ("oracle", "oracle"): "oracle",
+        ("seco", "proda/stage1"): "seco/proda_stage1/retrain",
+        **{("ddb", s): f"ddb/{s}" for s in ("r1_st_cu", "r1_st_ca", "r1_ckd", "r2_st_cu", "r2_st_ca", "r2_ckd")},
+        **{("uvpt", f"{f}/{k}"): f"uvpt/{f}/{k}" for f in ("swin", "mit") for k in ("source", "adapted")}}
 CHAINS = ("gta5_to_cityscapes", "synthia_to_cityscapes")
 
 
@@ -120,3 +123,27 @@ def test_source_only_warmup_mode_reuses_the_source_only_model(tmp_path):
     chain = tmp_path / "results/gta5_to_cityscapes"
     assert (chain / "warmup/model.pt").read_bytes() == (chain / "source_only/model.pt").read_bytes()
     assert not list(chain.rglob("*.tmp"))
+
+
+def test_changing_a_ddb_cu_option_reruns_only_the_cu_path_and_what_follows(tiny_run):
+    cfg = tiny_config()
+    cfg["ddb"]["st"]["cut_area"] = 0.3
+    planned = planned_with_config(tiny_run, cfg)
+    # per chain: cu of both rounds, round 2's ca (it starts from round 1's CKD student), their
+    # prototypes, both CKD students and the evaluations of all but r1_st_ca
+    assert planned == {"ddb_st": 6, "ddb_prototypes": 6, "ddb_ckd": 4, "evaluate": 10, "results_table": 1, "all": 1}
+
+
+def test_ddb_round_two_starts_from_round_one_student(tiny_run):
+    import torch
+
+    for chain in CHAINS:
+        ddb = tiny_run / "results" / chain / "ddb"
+        for path in ("cu", "ca"):
+            r1 = torch.load(ddb / f"r1_st_{path}/model.pt", map_location="cpu", weights_only=True)["meta"]
+            r2 = torch.load(ddb / f"r2_st_{path}/model.pt", map_location="cpu", weights_only=True)["meta"]
+            assert r1["round"] == 1 and "init" not in r1 and r1["lr_mult"] == 1.0
+            assert r2["round"] == 2 and r2["lr_mult"] == pytest.approx(0.1)
+            assert r2["init"] == f"results/{chain}/ddb/r1_ckd/model.pt"
+        ckd = torch.load(ddb / "r2_ckd/model.pt", map_location="cpu", weights_only=True)["meta"]
+        assert ckd["teachers"] == {p: f"results/{chain}/ddb/r2_st_{p}/model.pt" for p in ("cu", "ca")}

@@ -14,8 +14,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--soft-labels", required=True, help="soft pseudo-label store of the warm-up model")
     p.add_argument("--target", required=True, help="JSON: manifest, split, resize of the target train set")
-    p.add_argument("--num-classes", type=int, required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--num-classes", type=int, required=True, help="classes of the chain (19, or 16 for SYNTHIA)")
+    p.add_argument("--out", required=True, help="class distribution JSON to write (share of each class)")
     a = p.parse_args()
     keys = preflight.check_data(json.loads(a.target), "--target", labels=False)
     with SoftStore(a.soft_labels, expect_keys=keys, expect_classes=a.num_classes) as store:

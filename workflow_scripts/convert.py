@@ -22,7 +22,7 @@ except ImportError:  # run from a checkout without the package installed
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="which released layout ROOT holds")
     p.add_argument("--root", required=True, help="raw dataset root (only read)")
     p.add_argument("--out", required=True, help="output folder (labels/, manifest.csv, class_stats.json)")
     p.add_argument("--workers", type=int, default=None, help="conversion processes (default: usable CPUs)")

@@ -4,20 +4,20 @@ import sys
 
 import torch
 
-from segcore.preflight import run_script
 from segcore.atomic import save_torch
-from segcore.pseudo.initial_prototypes import initial_prototypes
+from segcore.preflight import run_script
 from segcore.pseudo.generate import open_model_and_images
+from segcore.pseudo.initial_prototypes import initial_prototypes
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="warm-up checkpoint (model.pt)")
     p.add_argument("--target", required=True, help="JSON: manifest, split, resize")
-    p.add_argument("--num-classes", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--num-classes", type=int, required=True, help="classes of the chain")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--out", required=True, help="prototypes file to write (prototypes.pt)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model, ds, device = open_model_and_images(a.model, a.target, a.num_classes)

@@ -22,12 +22,14 @@ except ImportError:  # run from a checkout without the package installed
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=("gta5", "synthia", "cityscapes"))
+    p.add_argument("--dataset", required=True, choices=("gta5", "synthia", "cityscapes"),
+                   help="which demo dataset to render, in its released layout")
     p.add_argument("--root", required=True, help="dataset root to create")
     p.add_argument("--count", required=True, type=int, help="images (Cityscapes: train images)")
     p.add_argument("--val-count", type=int, default=0, help="Cityscapes val images")
-    p.add_argument("--size", nargs=2, type=int, metavar=("W", "H"), default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", nargs=2, type=int, metavar=("W", "H"), default=None,
+                   help="image size in pixels (default: the dataset's demo size)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the scenes")
     p.add_argument("--shift", type=float, default=1.0, help="domain-shift strength (0 = no appearance shift)")
     args = p.parse_args(argv)
     if args.dataset != "cityscapes" and args.val_count:

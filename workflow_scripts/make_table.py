@@ -4,7 +4,7 @@
         --entry gta5_to_cityscapes proda warmup results/.../metrics.json \
         [--best gta5_to_cityscapes proda warmup results/.../metrics_best.json] \
         [--note gta5_to_cityscapes proda warmup "student init: SimCLR rule on target images"] \
-        [--published reference/published_results.csv] \
+        [--published configs/published_results.csv] \
         --out-csv results/table.csv --out-md results/table.md
 """
 from __future__ import annotations
@@ -46,8 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--note", nargs=4, action="append", metavar=("CHAIN", "METHOD", "STAGE", "TEXT"),
                    help="free-text note for a row (optional)")
     p.add_argument("--published", help="published_results.csv (optional)")
-    p.add_argument("--out-csv", required=True)
-    p.add_argument("--out-md", required=True)
+    p.add_argument("--out-csv", required=True, help="results table to write (CSV)")
+    p.add_argument("--out-md", required=True, help="results table to write (Markdown)")
     args = p.parse_args(argv)
     try:
         entries = build_entries(args)

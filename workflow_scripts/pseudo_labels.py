@@ -13,17 +13,18 @@ from segcore.pseudo.store import HardWriter, SoftWriter
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--kind", required=True, choices=("soft", "hard"))
-    p.add_argument("--model", required=True)
+    p.add_argument("--kind", required=True, choices=("soft", "hard"),
+                   help="soft: the warm-up's softmax; hard: a stage's flip-averaged labels and confidence")
+    p.add_argument("--model", required=True, help="checkpoint whose predictions are stored (model.pt)")
     p.add_argument("--target", required=True, help="JSON: manifest, split, resize")
-    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--num-classes", type=int, required=True, help="classes of the chain")
     p.add_argument("--encoding", default="float16", help="soft store encoding (float16 or topk)")
     p.add_argument("--conf-thresholds", default="",
                    help="hard store: comma-separated thresholds the confidence is kept exact for (uint8 codes, "
                         "a thirtieth of the official files); empty = the float16 confidence (any threshold)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--out", required=True, help="HDF5 store to write")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model, ds, device = open_model_and_images(a.model, a.target, a.num_classes)

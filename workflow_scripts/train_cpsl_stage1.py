@@ -5,6 +5,7 @@ import sys
 
 from segcore import preflight
 from segcore.pseudo.class_distribution import read_class_distribution
+from segcore.pseudo.prototypes import load_prototypes
 from segcore.train import cpsl_stage1, distributed
 
 
@@ -13,11 +14,13 @@ def main():
     preflight.add_source_target_arguments(p)
     p.add_argument("--init", required=True, help="warm-up checkpoint")
     p.add_argument("--prototypes", required=True, help="initial prototypes of the warm-up model")
-    p.add_argument("--soft-labels", required=True)
+    p.add_argument("--soft-labels", required=True, help="soft pseudo-label store of the warm-up model (soft_labels.h5)")
     p.add_argument("--class-distribution", required=True, help="class prior JSON (class_distribution rule)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--out-prototypes", required=True)
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True, help="stage-1 checkpoint to write (model.pt)")
+    p.add_argument("--out-prototypes", required=True,
+                   help="learnt prototypes to write (prototypes.pt, with their EMA copy)")
+    p.add_argument("--workdir", required=True,
+                   help="folder of the rolling resume state (kept after a kill, removed at the end)")
     distributed.add_launch_arguments(p)
     distributed.launch(_run, p.parse_args())
 
@@ -26,7 +29,7 @@ def _run(a):
     opts, keys = preflight.check_source_target(a)
     preflight.check_checkpoint(a.init, num_classes=a.num_classes)
     preflight.check_store(a.soft_labels, "soft", keys, a.num_classes)
-    cpsl_stage1.load_initial_prototypes(a.prototypes, a.num_classes)
+    load_prototypes(a.prototypes, a.num_classes)
     read_class_distribution(a.class_distribution, a.num_classes)
     job = cpsl_stage1.CPSLStage1Job(
         source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes, options=opts,

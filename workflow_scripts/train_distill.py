@@ -4,22 +4,25 @@ import json
 import sys
 from pathlib import Path
 
-
 from segcore import preflight
-from segcore.train import distributed, distill_loop
+from segcore.train import distill_loop, distributed
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--stage", required=True)
+    p.add_argument("--stage", required=True,
+                   help="METHOD_stageN, e.g. proda_stage2 (recorded in the checkpoint)")
     preflight.add_source_target_arguments(p)
-    p.add_argument("--arch", required=True)
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--hard-labels", required=True)
-    p.add_argument("--student-init", required=True)
-    p.add_argument("--init-kind", required=True, choices=("simclr", "checkpoint"))
-    p.add_argument("--out", required=True)
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--arch", required=True, help="network of the student (the config's model.arch)")
+    p.add_argument("--teacher", required=True, help="checkpoint of the previous stage, the teacher (model.pt)")
+    p.add_argument("--hard-labels", required=True, help="the teacher's hard pseudo-labels (hard_labels.h5)")
+    p.add_argument("--student-init", required=True,
+                   help="initialisation of the student: SimCLR backbone file, or a checkpoint")
+    p.add_argument("--init-kind", required=True, choices=("simclr", "checkpoint"),
+                   help="simclr: --student-init is a backbone (stage 2); checkpoint: a full model (stage 3)")
+    p.add_argument("--out", required=True, help="checkpoint of this stage to write (model.pt)")
+    p.add_argument("--workdir", required=True,
+                   help="folder of the rolling resume state (kept after a kill, removed at the end)")
     distributed.add_launch_arguments(p)
     distributed.launch(_run, p.parse_args())
 

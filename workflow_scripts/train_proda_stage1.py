@@ -4,7 +4,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from segcore import preflight
 from segcore.train import distributed, proda_stage1
 
@@ -13,10 +12,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     preflight.add_source_target_arguments(p)
     p.add_argument("--init", required=True, help="warm-up checkpoint")
-    p.add_argument("--prototypes", required=True)
-    p.add_argument("--soft-labels", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--prototypes", required=True, help="initial prototypes of the warm-up model (prototypes.pt)")
+    p.add_argument("--soft-labels", required=True, help="soft pseudo-label store of the warm-up model (soft_labels.h5)")
+    p.add_argument("--out", required=True, help="stage-1 checkpoint to write (model.pt)")
+    p.add_argument("--workdir", required=True,
+                   help="folder of the rolling resume state (kept after a kill, removed at the end)")
     distributed.add_launch_arguments(p)
     distributed.launch(_run, p.parse_args())
 

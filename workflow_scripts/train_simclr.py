@@ -7,7 +7,6 @@ import argparse
 import json
 import sys
 
-
 from segcore import preflight
 from segcore.train import distributed, simclr_loop
 
@@ -16,11 +15,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--images", required=True,
                    help='JSON list of image sets: [{"manifest": ..., "split": ..., "resize": [W, H] or null}, ...]')
-    p.add_argument("--arch", required=True)
-    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--arch", required=True, help="network whose backbone is pretrained (the config's model.arch)")
+    p.add_argument("--num-classes", type=int, required=True, help="classes of the chain (size of the network's head)")
     p.add_argument("--options", default="{}", help="JSON overrides of simclr_loop.DEFAULT_OPTIONS")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, required=True, help="random seed")
+    p.add_argument("--out", required=True, help="backbone file to write (backbone.pt)")
     p.add_argument("--workdir", required=True, help="folder of the rolling resume state")
     distributed.add_launch_arguments(p)
     distributed.launch(_run, p.parse_args(argv))

@@ -4,23 +4,25 @@ import json
 import sys
 from pathlib import Path
 
-
 from segcore import preflight
 from segcore.train import distributed, source_loop
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--mode", required=True, choices=source_loop.MODES)
+    p.add_argument("--mode", required=True, choices=source_loop.MODES,
+                   help="source_only / oracle: labels only; adversarial: the warm-up with its discriminator")
     p.add_argument("--labelled", required=True, help="JSON: manifest, split, resize of the labelled set")
-    p.add_argument("--unlabelled", default=None, help="JSON: manifest, split, resize of the target images (adversarial)")
-    p.add_argument("--num-classes", type=int, required=True)
-    p.add_argument("--arch", required=True)
-    p.add_argument("--imagenet-weights", default="")
+    p.add_argument("--unlabelled", default=None,
+                   help="JSON: manifest, split, resize of the target images (adversarial)")
+    p.add_argument("--num-classes", type=int, required=True, help="classes of the chain")
+    p.add_argument("--arch", required=True, help="network (the config's model.arch)")
+    p.add_argument("--imagenet-weights", default="", help="ImageNet backbone weights file (empty: random init)")
     p.add_argument("--options", required=True, help="JSON of the stage's training options")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--seed", type=int, required=True, help="random seed")
+    p.add_argument("--out", required=True, help="checkpoint to write (model.pt)")
+    p.add_argument("--workdir", required=True,
+                   help="folder of the rolling resume state (kept after a kill, removed at the end)")
     distributed.add_launch_arguments(p)
     distributed.launch(_run, p.parse_args())
 

@@ -30,7 +30,8 @@ SOURCE = HERE / "config.yaml"
 MARKER = "# Installed by profiles/slurm/install.py"
 SETTINGS_PREFIX = "# install.py settings: "
 # the commented lines of config.yaml that take a value: placeholder -> setting
-PLACEHOLDER = re.compile(r"^(?P<indent>\s*)# (?P<key>slurm_partition|slurm_account): <(?P<slot>partition|account|gpu-partition)>"
+PLACEHOLDER = re.compile(r"^(?P<indent>\s*)# (?P<key>slurm_partition|slurm_account): "
+                         r"<(?P<slot>partition|account|gpu-partition)>"
                          r"(?P<rest>\s+#.*)?$")
 SLOTS = {"partition": "partition", "account": "account", "gpu-partition": "gpu_partition"}
 NAME = re.compile(r"^[A-Za-z0-9_.,-]+$")
@@ -80,7 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-partition", help="partition of the GPU jobs (training, inference)")
     p.add_argument("--account", help="Slurm account charged for the jobs")
     p.add_argument("--name", default="slurm", help="profile name (default: slurm, i.e. `--profile slurm`)")
-    p.add_argument("--site", action="store_true", help="install for every user (site config folder; needs write access)")
+    p.add_argument("--site", action="store_true",
+                   help="install for every user (site config folder; needs write access)")
     p.add_argument("--dest", type=Path, help="install into this folder instead (a profile folder)")
     p.add_argument("--force", action="store_true", help="overwrite a profile that this script did not write")
     p.add_argument("--print", action="store_true", dest="show", help="print the profile instead of writing it")

@@ -40,7 +40,7 @@ CITYSCAPES_LABELID_TO_TRAINID = {row[2]: row[0] for row in _TABLE}
 SYNTHIA_ID_TO_TRAINID19 = {row[3]: row[0] for row in _TABLE}
 
 # The SYNTHIA protocol drops terrain, truck and train (16 classes); mIoU13 further drops
-# wall, fence and pole from the same 16 IoUs (reference/proda_cpsl.md 1.1 and 1.5).
+# wall, fence and pole from the same 16 IoUs (docs/protocol.md, Datasets and classes).
 _NOT_IN_16 = ("terrain", "truck", "train")
 _NOT_IN_13 = ("wall", "fence", "pole")
 CLASSES16 = tuple(c for c in CLASSES19 if c not in _NOT_IN_16)

@@ -103,7 +103,8 @@ def _unknown_ids(dataset: str, label_path, hist: np.ndarray, known: np.ndarray) 
         raise BadInputError(f"{label_path}: unknown {dataset} label id(s) {shown}")
 
 
-def convert_label(dataset: str, image_path, label_path, out_path, size_mismatch: str = "error") -> tuple[np.ndarray, int, int, int]:
+def convert_label(dataset: str, image_path, label_path, out_path,
+                  size_mismatch: str = "error") -> tuple[np.ndarray, int, int, int]:
     """Convert one label file; returns (pixel counts of the 19 classes, ignored pixels, width, height).
 
     One histogram of the raw ids (the unknown-id check and, through the LUT, the trainId
@@ -161,7 +162,8 @@ def _is_within(path: Path, root: Path) -> bool:
         return False
 
 
-def convert_dataset(dataset: str, root, out_dir, workers: int = 1, size_mismatch: str = "error", progress: bool = True) -> None:
+def convert_dataset(dataset: str, root, out_dir, workers: int = 1, size_mismatch: str = "error",
+                    progress: bool = True) -> None:
     """Validate a raw dataset tree, then convert all its labels (see the module docstring)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -170,14 +172,16 @@ def convert_dataset(dataset: str, root, out_dir, workers: int = 1, size_mismatch
     root, out_dir = Path(root), Path(out_dir)
     pairs: list[RawPair] = scan(dataset, root)  # all structural checks before any conversion
     if _is_within(out_dir, root):
-        raise BadInputError(f"{out_dir}: output folder lies inside the raw dataset root {root}; the raw tree is read-only")
+        raise BadInputError(f"{out_dir}: output folder lies inside the raw dataset root {root}; "
+                            "the raw tree is read-only")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (MANIFEST, CLASS_STATS, LABEL_COUNTS):  # a stale manifest must not claim completeness
         (out_dir / name).unlink(missing_ok=True)
 
     label_paths = [out_dir / "labels" / f"{p.key}.png" for p in pairs]
-    tasks = [(dataset, str(root / p.image), str(root / p.label), str(out), size_mismatch) for p, out in zip(pairs, label_paths)]
+    tasks = [(dataset, str(root / p.image), str(root / p.label), str(out), size_mismatch)
+             for p, out in zip(pairs, label_paths)]
     workers = max(1, min(int(workers), len(tasks)))
 
     from tqdm import tqdm
@@ -217,7 +221,8 @@ def convert_dataset(dataset: str, root, out_dir, workers: int = 1, size_mismatch
     stats = {
         "dataset": dataset,
         "classes": list(names),
-        "splits": {k: {"images": v["images"], "pixels": [int(c) for c in v["pixels"]], "ignored": int(v["ignored"])} for k, v in splits.items()},
+        "splits": {k: {"images": v["images"], "pixels": [int(c) for c in v["pixels"]], "ignored": int(v["ignored"])}
+                   for k, v in splits.items()},
     }
     _write_csv(out_dir / LABEL_COUNTS, ("key", "split", *names, "ignored"), count_rows)
     write_json(out_dir / CLASS_STATS, stats)

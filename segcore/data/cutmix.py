@@ -1,6 +1,6 @@
 """CPSL's CutMix of source into target: a box of the source crop is pasted into the target weak
 crop, and the source label into the target pseudo-label at exactly the same pixels
-(reference/proda_cpsl.md 3.2; the official code ``rand_bbox`` in ``models/utils.py``).
+(docs/methods/cpsl.md, Stage 1; the official code ``rand_bbox`` in ``models/utils.py``).
 
 The official box covers ``area`` (0.5) of the crop, with height fraction ``area ** U(0, 1)``
 (in [area, 1]) and width fraction ``area / height fraction``, at a uniform position inside the
@@ -11,8 +11,9 @@ Here the box is drawn on a grid of ``align`` pixels (the official draw is ``alig
 one mask defines both pastes: the image takes source pixels where the mask is set, and a
 label map at ``1/stride`` takes the source label where its nearest-neighbour sampling point
 (pixel ``(i*stride, j*stride)``, what ``F.interpolate(mode="nearest")`` samples) lies in the
-box (``box_mask(..., size=label size)``). When ``stride`` divides ``align`` the label mask, blown up by ``stride``, IS the image mask:
-the label says "source" exactly where the image shows source pixels, at every such resolution
+box (``box_mask(..., size=label size)``). When ``stride`` divides ``align`` the label mask,
+blown up by ``stride``, IS the image mask: the label says "source" exactly where the image
+shows source pixels, at every such resolution
 (the loss grid at 1/4 and the network's output stride 8 both divide the default ``align`` 8).
 """
 from __future__ import annotations

@@ -142,7 +142,8 @@ class _EndlessBatches:
             pairs = list(zip(order, seeds))
             stop = len(pairs) - len(pairs) % self.batch_size if self.drop_last else len(pairs)
             if stop == 0:
-                raise ValueError(f"infinite_loader: an epoch holds {len(pairs)} sample(s), fewer than batch_size={self.batch_size} with drop_last")
+                raise ValueError(f"infinite_loader: an epoch holds {len(pairs)} sample(s), "
+                                 f"fewer than batch_size={self.batch_size} with drop_last")
             for begin in range(0, stop, self.batch_size):
                 if skip:  # resume: skip already consumed batches without loading them
                     skip -= 1

@@ -74,7 +74,8 @@ GTA5_STYLE = DomainStyle(hue_shift=-5.0, saturation=1.18, class_jitter=6.0, jitt
                          texture_period=0.8, brightness=1.03, gamma=0.94, gains=(1.05, 1.0, 0.94), noise=1.0)
 # Source: flat shading, bright, hue shifted away from Cityscapes (like GTA5, a bit further).
 SYNTHIA_STYLE = DomainStyle(hue_shift=-9.0, saturation=1.06, class_jitter=8.0, jitter_seed=7, texture_amp=0.6,
-                            texture_period=1.1, brightness=1.09, contrast=0.94, gains=(1.0, 1.02, 1.0), blur=0.2, noise=0.6)
+                            texture_period=1.1, brightness=1.09, contrast=0.94, gains=(1.0, 1.02, 1.0), blur=0.2,
+                            noise=0.6)
 # Target: cooler, greyer, darker, coarse textures, camera blur and noise.
 CITYSCAPES_STYLE = DomainStyle(hue_shift=11.0, saturation=0.82, class_jitter=11.0, jitter_seed=11, texture_amp=0.85,
                                texture_period=1.45, brightness=0.93, contrast=0.91, gamma=1.09, gains=(0.95, 1.0, 1.06),
@@ -113,7 +114,8 @@ _TO_SYNTHIA = {t: sid for sid, t in SYNTHIA_ID_TO_TRAINID19.items()}
 # marks are road); SYNTHIA ids 0 void, 13 parking-slot, 22 lanemarking.
 LABELID_LUT = np.array([_TO_LABELID[k] for k in range(19)] + [0, 1, 4, 9, _TO_LABELID[K["road"]]], np.uint8)
 SYNTHIA_LUT = np.array([_TO_SYNTHIA[k] for k in range(19)] + [0, 0, 0, 13, 22], np.uint16)
-assert len(LABELID_LUT) == len(SYNTHIA_LUT) == NUM_KINDS and (VOID, EGO, STATIC, PARKING, LANEMARK) == tuple(range(19, 24))
+assert len(LABELID_LUT) == len(SYNTHIA_LUT) == NUM_KINDS
+assert (VOID, EGO, STATIC, PARKING, LANEMARK) == tuple(range(19, 24))
 _LABELID_PALETTE = [v for i in range(256) for v in CITYSCAPES_LABELID_COLORS.get(i, (0, 0, 0))]
 _LABELID_RGB = np.array(_LABELID_PALETTE, np.uint8).reshape(256, 3)
 
@@ -162,7 +164,8 @@ def _fields(h: int, w: int, style: DomainStyle, rng) -> list:
     cell = max(2, round(5 * unit))
     blob = rng.standard_normal((h // cell + 2, w // cell + 2), dtype=np.float32)
     blob = _box_blur(np.repeat(np.repeat(blob, cell, 0), cell, 1)[:h, :w], cell // 2) * 1.5
-    grid = -((np.sin(x * (2 * np.pi / (4 * unit))) > 0.1) & (np.sin(y * (2 * np.pi / (5 * unit))) > 0)).astype(np.float32)
+    grid = -((np.sin(x * (2 * np.pi / (4 * unit))) > 0.1)
+             & (np.sin(y * (2 * np.pi / (5 * unit))) > 0)).astype(np.float32)
     return [rng.standard_normal((h, w), dtype=np.float32), blob, np.sin(y * (2 * np.pi / (3 * unit))),
             np.sin(x * (2 * np.pi / (2.5 * unit))), grid, y / h - 0.5]
 
@@ -179,7 +182,8 @@ def render(scene, style: DomainStyle, rng: np.random.Generator) -> np.ndarray:
         mod += weights[kind] * field
     light = 1 + 0.12 * rng.uniform(-1, 1) * (np.arange(w, dtype=np.float32) / w - 0.5)  # sun from one side
     img *= ((1 + mod) * light)[..., None]
-    img *= (style.brightness * (1 + style.exposure_jitter * rng.standard_normal())) * np.asarray(style.gains, np.float32)
+    img *= ((style.brightness * (1 + style.exposure_jitter * rng.standard_normal()))
+            * np.asarray(style.gains, np.float32))
     img = np.clip((img - 0.5) * style.contrast + 0.5, 0, 1) ** style.gamma
     r = round(style.blur * w / 128)
     if r > 0:

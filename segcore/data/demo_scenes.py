@@ -121,7 +121,8 @@ class Canvas:
     def line(self, kind, x0, y0, x1, y1, width, **kw):
         n = np.array([y0 - y1, x1 - x0], np.float64)
         n *= max(width, 1.0) / 2 / max(np.hypot(*n), 1e-6)
-        self.polygon(kind, [(x0 + n[0], y0 + n[1]), (x1 + n[0], y1 + n[1]), (x1 - n[0], y1 - n[1]), (x0 - n[0], y0 - n[1])], **kw)
+        self.polygon(kind, [(x0 + n[0], y0 + n[1]), (x1 + n[0], y1 + n[1]),
+                            (x1 - n[0], y1 - n[1]), (x0 - n[0], y0 - n[1])], **kw)
 
 
 @dataclass
@@ -192,12 +193,14 @@ def _vehicle(c, cam, kind, a, z, width, height, length, tone=1.0):
         c.rect(kind, x0, yt, x1, yb, inst=inst, shade=body)
         if kind in (K["bus"], K["train"]):
             inset = (x1 - x0) * 0.1
-            c.rect(kind, x0 + inset, cam.y(z, height * 0.85), x1 - inset, cam.y(z, height * 0.45), inst=inst, shade=dark)
+            c.rect(kind, x0 + inset, cam.y(z, height * 0.85), x1 - inset, cam.y(z, height * 0.45),
+                   inst=inst, shade=dark)
         if kind == K["train"]:  # pantograph
             xm = (x0 + x1) / 2
             c.line(kind, xm, yt, xm + (x1 - x0) * 0.2, cam.y(z, height * 1.15), cam.px(0.1, z), inst=inst, shade=dark)
         if kind == K["truck"]:  # split line of the rear doors
-            c.rect(kind, (x0 + x1) / 2 - cam.px(0.05, z), yt, (x0 + x1) / 2 + cam.px(0.05, z), yb, inst=inst, shade=dark)
+            c.rect(kind, (x0 + x1) / 2 - cam.px(0.05, z), yt, (x0 + x1) / 2 + cam.px(0.05, z), yb,
+                   inst=inst, shade=dark)
     for wa in (la + 0.35, ra - 0.35):
         c.ellipse(kind, cam.x(wa, z), yb - cam.px(0.1, z), cam.px(0.22, z), cam.px(0.3, z), inst=inst, shade=dark)
 
@@ -209,7 +212,8 @@ def _person(c, cam, kind, a, z, up=0.0, seated=False, inst=None):
     x, p = cam.x(a, z), (lambda m: cam.px(m, z))
     if not seated:
         for dx in (-0.09, 0.09):
-            c.rect(kind, x + p(dx - 0.06), cam.y(z, up + tall * 0.48), x + p(dx + 0.06), cam.y(z, up), inst=inst, shade=legs)
+            c.rect(kind, x + p(dx - 0.06), cam.y(z, up + tall * 0.48), x + p(dx + 0.06), cam.y(z, up),
+                   inst=inst, shade=legs)
     else:  # leg down to the pedal
         c.line(kind, x, cam.y(z, up + tall * 0.45), x + p(0.25), cam.y(z, up + 0.05), p(0.14), inst=inst, shade=legs)
     c.ellipse(kind, x, cam.y(z, up + tall * 0.63), p(0.22), p(tall * 0.19), inst=inst, shade=cloth)
@@ -228,8 +232,10 @@ def _two_wheeler(c, cam, kind, a, z, rider: bool):
         c.ellipse(kind, (xa + xb) / 2, cam.y(z, 0.6), (xb - xa) * 0.45, cam.px(0.25, z), inst=inst, shade=frame)
     else:
         top = cam.y(z, 0.85)
-        for x0, y0, x1, y1 in ((xa, yw, (xa + xb) / 2, yw), ((xa + xb) / 2, yw, xa + (xb - xa) * 0.2, top),
-                               (xa + (xb - xa) * 0.2, top, xb - (xb - xa) * 0.15, top), (xb - (xb - xa) * 0.15, top, xb, yw)):
+        for x0, y0, x1, y1 in ((xa, yw, (xa + xb) / 2, yw),
+                               ((xa + xb) / 2, yw, xa + (xb - xa) * 0.2, top),
+                               (xa + (xb - xa) * 0.2, top, xb - (xb - xa) * 0.15, top),
+                               (xb - (xb - xa) * 0.15, top, xb, yw)):
             c.line(kind, x0, y0, x1, y1, cam.px(0.06, z), inst=inst, shade=frame)
     if rider:
         _person(c, cam, K["rider"], a - 0.1, z, up=0.35, seated=True)
@@ -245,7 +251,8 @@ def _pole(c, cam, a, z, rng):
         if rng.random() < 0.5:
             lx = cam.x(a - np.sign(a) * 2.5, z)
             c.rect(K["pole"], min(x, lx), cam.y(z, tall), max(x, lx), cam.y(z, tall - 0.15), shade=shade)
-        c.rect(K["traffic_light"], lx - p(0.2), cam.y(z, tall), lx + p(0.2), cam.y(z, tall - 1.0), shade=c.new_shade(1.0, 0.3))
+        c.rect(K["traffic_light"], lx - p(0.2), cam.y(z, tall), lx + p(0.2), cam.y(z, tall - 1.0),
+               shade=c.new_shade(1.0, 0.3))
     if what > 0.35:  # sign lower on the same pole
         sy, sr, s = cam.y(z, rng.uniform(2.3, 3.0)), p(0.35), c.new_shade(1.0, 0.6)
         shape = rng.integers(3)
@@ -263,7 +270,8 @@ def _tree(c, cam, a, z, rng):
     crown, r = rng.uniform(3.5, 5.5), rng.uniform(1.4, 2.6)
     for _ in range(3):
         dx, dy = rng.normal(0, r * 0.35, 2)
-        c.ellipse(K["vegetation"], x + p(dx), cam.y(z, crown + dy), p(r), p(r * 0.9), shade=c.new_shade(rng.uniform(0.8, 1.1), 0.6))
+        c.ellipse(K["vegetation"], x + p(dx), cam.y(z, crown + dy), p(r), p(r * 0.9),
+                  shade=c.new_shade(rng.uniform(0.8, 1.1), 0.6))
 
 
 def generate_scene(w: int, h: int, mix: SceneMix, rng: np.random.Generator, index: int = 0) -> Canvas:
@@ -297,14 +305,16 @@ def generate_scene(w: int, h: int, mix: SceneMix, rng: np.random.Generator, inde
         while z < 160:  # facades in stretches, gaps show the skyline
             length = rng.uniform(8, 30)
             if rng.random() < mix.p_facade:
-                _band(c, cam, K["building"], edge, z, z + length, rng.uniform(6, 22), shade=c.new_shade(rng.uniform(0.7, 1.2), 1.0))
+                _band(c, cam, K["building"], edge, z, z + length, rng.uniform(6, 22),
+                      shade=c.new_shade(rng.uniform(0.7, 1.2), 1.0))
             z += length
         low = s * (road + walk - 0.2)
         for name, p, tall in (("wall", mix.p_wall, (1.0, 2.2)), ("fence", mix.p_fence, (1.0, 2.0)),
                               ("vegetation", mix.p_hedge, (0.8, 1.6))):  # the last is a hedge
             if flip(p, name) if s == -1 else rng.random() < p:
                 z0 = rng.uniform(cam.z_min, 25)
-                _band(c, cam, K[name], low, z0, z0 + rng.uniform(6, 30), rng.uniform(*tall), shade=c.new_shade(1.0, 0.5))
+                _band(c, cam, K[name], low, z0, z0 + rng.uniform(6, 30), rng.uniform(*tall),
+                      shade=c.new_shade(1.0, 0.5))
         for _ in range(rng.poisson(mix.trees)):
             a, z = s * (road + walk + rng.uniform(-0.5, 2.5)), _distance(rng, cam)
             objects.append((z, lambda a=a, z=z: _tree(c, cam, a, z, rng)))

@@ -1,5 +1,5 @@
 """CPSL's colour transfer of source images to target statistics in CIE-LAB
-(reference/proda_cpsl.md 1.1; the official ``data/gta5_dataset.py``).
+(docs/protocol.md, Pre-processing and views; the official ``data/gta5_dataset.py``).
 
 On every access the official GTA5 loader picks a random Cityscapes train image and, per LAB
 channel, maps the source image to the reference's mean and standard deviation:

@@ -8,7 +8,7 @@ returns one :class:`RawPair` per image, sorted by key, or raises a one-line
 - a split holds no image;
 - an image has no label file, or a label file has no image.
 
-Layouts (reference/proda_cpsl.md 1.1):
+Layouts (docs/protocol.md, Datasets and classes):
 
 - ``gta5``: ``images/NNNNN.png`` + ``labels/NNNNN.png`` (palette PNG of Cityscapes labelIds), all "train".
 - ``synthia``: ``RGB/NNNNNNN.png`` + ``GT/LABELS/NNNNNNN.png`` (16-bit, channel 0 = class id), all "train".
@@ -59,7 +59,8 @@ def _flat_pairs(root: Path, image_dir: str, label_dir: str, dataset: str) -> lis
         lab = labels / img.name
         if not lab.is_file():
             raise BadInputError(f"{lab}: label file missing for image {img}")
-        pairs.append(RawPair(key=img.stem, image=f"{image_dir}/{img.name}", label=f"{label_dir}/{img.name}", split="train"))
+        pairs.append(RawPair(key=img.stem, image=f"{image_dir}/{img.name}", label=f"{label_dir}/{img.name}",
+                             split="train"))
     names = {img.name for img in files}
     for lab in _pngs(labels):
         if lab.name not in names:

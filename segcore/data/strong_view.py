@@ -1,6 +1,6 @@
 """The strong view of ProDA/CPSL (``RandAugmentMC(n=2, m=10)`` + cutout), with exactly matching warps.
 
-``StrongView`` is the official strong augmentation (reference/proda_cpsl.md 1.2), applied to the
+``StrongView`` is the official strong augmentation (docs/protocol.md, Pre-processing and views), applied to the
 weak crop (a float image in [0, 1]):
 
 1. a horizontal flip with probability ``flip_p``;

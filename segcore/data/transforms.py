@@ -1,7 +1,7 @@
 """The weak view of ProDA/CPSL, recording its parameters, and their replay on other maps.
 
 ``WeakView`` is the official ``RandomSized(base_width)`` -> ``RandomCrop(crop)`` ->
-``RandomHorizontallyFlip(p)`` chain (reference/proda_cpsl.md 1.2):
+``RandomHorizontallyFlip(p)`` chain (docs/protocol.md, Pre-processing and views):
 
 1. new width ``w = int(U(scale_range) * base_width)``, ``h = int(w / (W / H))`` (aspect kept);
    the image is resized bilinearly (antialiased, half-pixel centres, like PIL's BILINEAR),
@@ -48,7 +48,8 @@ class WeakView:
             raise ValueError(f"bad WeakView settings: base_width={base_width}, crop={crop}, scale_range={scale_range}")
 
     def __repr__(self) -> str:
-        return f"WeakView(base_width={self.base_width}, crop={self.crop}, scale_range={self.scale_range}, flip_p={self.flip_p})"
+        return (f"WeakView(base_width={self.base_width}, crop={self.crop}, scale_range={self.scale_range}, "
+                f"flip_p={self.flip_p})")
 
     def sample(self, height: int, width: int, generator: torch.Generator | None = None) -> ViewParams:
         """Draw the parameters of one view of a ``height`` x ``width`` image."""
@@ -119,7 +120,8 @@ def apply_view(x: Tensor, params: ViewParams, mode: str, stride: int = 1, fill=N
     if not batched:
         x, size, crop, flip = x[None], size[None], crop[None], flip.reshape(1)
     if x.dim() != 4 or x.shape[0] != size.shape[0]:
-        raise ValueError(f"apply_view: map of shape {tuple(x.shape)} does not match params for {size.shape[0]} sample(s)")
+        raise ValueError(f"apply_view: map of shape {tuple(x.shape)} does not match params "
+                         f"for {size.shape[0]} sample(s)")
     if fill is None:
         fill = IGNORE_INDEX if mode == "nearest" else 0.0
     n, _, hin, win = x.shape

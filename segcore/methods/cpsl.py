@@ -1,4 +1,4 @@
-"""CPSL stage 1: class-balanced pixel-level self-labeling (reference/proda_cpsl.md 3.2).
+"""CPSL stage 1: class-balanced pixel-level self-labeling (docs/methods/cpsl.md, Stage 1).
 One iteration's pieces as functions of the batch, the networks, the prototypes and the memory;
 the loop that calls them is ``segcore.train.cpsl_stage1``.
 

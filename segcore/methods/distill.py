@@ -1,5 +1,5 @@
 """ProDA/CPSL stages 2 and 3: self-distillation into a student on the strong view
-(reference/proda_cpsl.md 2.4-2.5). The student learns the teacher's thresholded hard
+(docs/methods/proda.md, Stages 2 and 3). The student learns the teacher's thresholded hard
 labels (moved into the strong view) plus a KL term to the frozen teacher's soft output."""
 from __future__ import annotations
 

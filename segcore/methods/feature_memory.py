@@ -79,7 +79,8 @@ class FeatureMemory:
             raise ValueError(f"memory state has fields {sorted(bufs)}, expected {sorted(self.buffers)}")
         for name, v in bufs.items():
             if v.shape != self.buffers[name].shape:
-                raise ValueError(f"memory field {name!r}: state {tuple(v.shape)}, expected {tuple(self.buffers[name].shape)}")
+                raise ValueError(f"memory field {name!r}: state {tuple(v.shape)}, "
+                                 f"expected {tuple(self.buffers[name].shape)}")
             self.buffers[name].copy_(v)
         self.ptr, self.count = int(state["ptr"]), int(state["count"])
 

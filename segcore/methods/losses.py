@@ -1,4 +1,4 @@
-"""Losses of ProDA / CPSL stages 1-3 (reference/proda_cpsl.md 2.3, 2.4, 3.2).
+"""Losses of ProDA / CPSL stages 1-3 (docs/methods/proda.md, Stage 1 and Stages 2 and 3; docs/methods/cpsl.md, Stage 1).
 
 All take logits (N, C, H, W) and labels (N, H, W) with IGNORE_INDEX = 255 (the official code
 uses 250). Every loss that averages over valid pixels returns 0 (with a graph) when there is

@@ -1,6 +1,6 @@
 """ProDA stage 1 (prototypical denoising + target structure learning), one iteration's
 losses as pure functions of the batch, the networks and the prototypes
-(reference/proda_cpsl.md 2.3). The loop that calls them is ``segcore.train.proda_stage1``.
+(docs/methods/proda.md, Stage 1). The loop that calls them is ``segcore.train.proda_stage1``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Prototype-based pseudo-label rectification (ProDA stage 1, CPSL stage 1).
 
-ProDA (reference/proda_cpsl.md 2.3, step 5): Euclidean distances of the EMA teacher's
+ProDA (docs/methods/proda.md, Stage 1, step 4): Euclidean distances of the EMA teacher's
 features to the class prototypes give weights ``softmax_k(-d_k * T)`` that multiply the
 warm-up soft pseudo-label; the rectified hard label is the argmax. The official
 ``feat_prototype_distance`` loops over classes and materialises an (N, D, H, W) difference per

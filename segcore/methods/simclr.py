@@ -1,6 +1,6 @@
 """SimCLR pieces for pretraining the DeepLabV2 backbone self-supervised (the CPU demo's
 stand-in for the SimCLRv2 ResNet-101 file that ProDA stages 2 and 3 start the student from;
-reference/proda_cpsl.md 1.3 and 2.4).
+docs/protocol.md, Network; docs/methods/proda.md, Stages 2 and 3).
 
 * :func:`nt_xent`: the normalised-temperature cross entropy of SimCLR over the 2N views of a
   batch; the positive of a view is the other view of the same image, the 2N - 2 views of the
@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-
 # ----------------------------------------------------------------------------- loss
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
@@ -37,7 +36,8 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     view of the same image as the target, averaged over the 2N views.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"nt_xent expects two [N, D] tensors of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError("nt_xent expects two [N, D] tensors of one shape, "
+                         f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
     n = z1.shape[0]
     if n < 2:
         raise ValueError("nt_xent needs at least 2 images (negatives come from the other images)")

@@ -1,5 +1,5 @@
 """Sinkhorn-Knopp with a class-prior marginal: CPSL's class-balanced online clustering
-(reference/proda_cpsl.md 3.2, the official ``sinkhorn``).
+(docs/methods/cpsl.md, Stage 1; the official ``sinkhorn``).
 
 SwAV's equipartition (every prototype gets 1/K of the samples) is replaced by the class
 distribution ``r`` of the warm-up pseudo-labels: the transport plan ``Q`` (K classes x B samples)

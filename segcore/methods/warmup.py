@@ -1,5 +1,5 @@
 """Losses of the warm-up stage: source cross-entropy and the output-space LS-GAN of
-AdaptSegNet as ProDA's warm-up uses it (reference/proda_cpsl.md 2.1)."""
+AdaptSegNet as ProDA's warm-up uses it (docs/methods/proda.md, Warm-up)."""
 from __future__ import annotations
 
 import torch

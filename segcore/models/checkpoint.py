@@ -79,14 +79,20 @@ def load_model(path, map_location="cpu", expect_num_classes: int | None = None):
     if lacking:
         raise ValueError(f"{path}: not a segcore checkpoint (meta lacks {', '.join(lacking)})")
     arch, num_classes, bn_clr = meta["arch"], meta["num_classes"], meta["bn_clr"]
-    if arch not in ARCHS:
+    from .ddb_net import DDB_ARCHS, build_ddb_net  # DDB's ResNetV1c networks
+    from .uvpt import UVPT_ARCHS, build_from_meta  # Uni-UVPT's transformer networks
+    if arch not in ARCHS and arch not in DDB_ARCHS and arch not in UVPT_ARCHS:
         raise ValueError(f"{path}: architecture mismatch: unknown arch {arch!r} "
                          f"(known: {', '.join(sorted(ARCHS))})")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"{path}: not a segcore checkpoint (num_classes={num_classes!r})")
     if expect_num_classes is not None and num_classes != expect_num_classes:
         raise ValueError(f"{path}: checkpoint has {num_classes} classes, expected {expect_num_classes}")
-    model = build_deeplabv2(num_classes, arch=arch, bn_clr=bool(bn_clr))
+    if arch in UVPT_ARCHS:
+        model = build_from_meta(meta)
+    else:
+        model = (build_ddb_net(num_classes, arch) if arch in DDB_ARCHS
+                 else build_deeplabv2(num_classes, arch=arch, bn_clr=bool(bn_clr)))
     try:
         strict_load(model, state, path)
     except ValueError as e:

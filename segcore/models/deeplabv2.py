@@ -1,4 +1,4 @@
-"""DeepLabV2-ResNet101 as the official ProDA/CPSL code builds it (reference/proda_cpsl.md 1.3).
+"""DeepLabV2-ResNet101 as the official ProDA/CPSL code builds it (docs/protocol.md, Network).
 
 Structure (module names chosen so that ``state_dict()`` matches the official
 ``models/deeplabv2.py`` key for key and shape for shape):
@@ -239,11 +239,30 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
+def official_repeats(modules) -> dict[int, int]:
+    """How often the official ``get_1x_lr_params`` yields each parameter of ``modules``:
+    ``for m in modules: for j in m.modules(): for p in j.parameters(): yield p`` yields a
+    parameter once for every module on its path from ``m`` down to its owner, so a bottleneck
+    conv of ``layer1`` comes 3 times (layer, block, conv), a downsample conv 4 times and the stem
+    ``conv1`` / ``bn1`` once. Returns ``{id(param): count}``."""
+    counts: dict[int, int] = {}
+    for m in modules:
+        for j in m.modules():
+            for p in j.parameters():
+                counts[id(p)] = counts.get(id(p), 0) + 1
+    return counts
+
+
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0,
+                 repeat_params_official: bool = False) -> list[dict]:
     """Optimizer groups: backbone (conv1, bn1, layer1-4) at ``lr``, head (bn_pretrain +
-    layer5) at ``head_lr_mult * lr``. Every parameter appears exactly once (the official
-    ``get_1x_lr_params`` yields nested parameters several times; that is not reproduced).
-    Each group carries ``initial_lr`` (for LR schedulers) and a ``name``."""
+    layer5) at ``head_lr_mult * lr``. Every parameter appears exactly once. Each group carries
+    ``initial_lr`` (for LR schedulers) and a ``name``.
+
+    ``repeat_params_official=True``: each group also carries ``repeats``, one count per
+    parameter: how often the official code lists it (``official_repeats`` for the backbone's
+    ``get_1x_lr_params``; 1 for the head, whose ``get_10x_lr_params`` yields each once).
+    ``RepeatedParamSGD`` turns the counts into the official update."""
     net = unwrap(model)
     groups = []
     for name, modules, group_lr in (
@@ -251,12 +270,82 @@ def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0) -> lis
         ("head", net.head_modules(), lr * head_lr_mult),
     ):
         params = [p for m in modules for p in m.parameters()]
-        groups.append({"params": params, "lr": group_lr, "initial_lr": group_lr, "name": name})
+        group = {"params": params, "lr": group_lr, "initial_lr": group_lr, "name": name}
+        if repeat_params_official:
+            counts = official_repeats(modules) if name == "backbone" else {}
+            group["repeats"] = [counts.get(id(p), 1) for p in params]
+        groups.append(group)
     covered = {id(p) for g in groups for p in g["params"]}
     missing = [n for n, p in net.named_parameters() if id(p) not in covered]
     if missing or len(covered) != sum(len(g["params"]) for g in groups):
         raise RuntimeError(f"param_groups does not cover the model exactly once (missing {missing[:3]})")
     return groups
+
+
+class RepeatedParamSGD(torch.optim.SGD):
+    """SGD with momentum and weight decay that updates a parameter ``k`` times per step when its
+    group lists it with ``repeats`` k, exactly as ``torch.optim.SGD`` (single-tensor loop) treats a
+    parameter list that contains the same tensor k times, i.e. the official optimiser over
+    ``get_1x_lr_params``. Each of the k updates reads the parameter as the previous one left it
+    (weight decay ``g + wd * p``), and shares the parameter's one momentum buffer:
+    ``buf <- m * buf + d; p <- p - lr * buf``, k times. In the very first step every occurrence
+    starts its buffer afresh (``buf = d``, as the buffers torch collects before the loop are all
+    empty) and the last one is kept. Groups without ``repeats`` (e.g. CPSL's prototypes) get one
+    update per parameter. The sequential loop runs on any device (torch's CUDA default, the
+    ``foreach`` path, would compute every occurrence's weight decay before the first update).
+    Dampening, Nesterov and ``maximize`` are not supported (the official code uses none)."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=False)
+
+    def add_param_group(self, param_group: dict) -> None:
+        reps = param_group.get("repeats")
+        if reps is not None:
+            n = 1 if isinstance(param_group["params"], torch.Tensor) else len(list(param_group["params"]))
+            if len(reps) != n or any(int(r) < 1 for r in reps):
+                raise ValueError(f"param group {param_group.get('name', '?')!r}: 'repeats' needs one count >= 1 "
+                                 f"per parameter ({len(reps)} for {n})")
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
+            reps = group.get("repeats") or [1] * len(group["params"])
+            for p, k in zip(group["params"], reps):
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                first = state.get("momentum_buffer") is None
+                buf = state.get("momentum_buffer")
+                for _ in range(int(k)):
+                    d = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+                    if m != 0:
+                        if first:
+                            buf = d.clone()
+                        else:
+                            buf.mul_(m).add_(d)
+                        d = buf
+                    p.add_(d, alpha=-lr)
+                if m != 0:
+                    state["momentum_buffer"] = buf
+        return loss
+
+
+def sgd(model: nn.Module, lr: float, head_lr_mult: float, momentum: float, weight_decay: float,
+        repeat_params_official: bool = False) -> torch.optim.SGD:
+    """The training loops' SGD over ``param_groups``: plain ``torch.optim.SGD`` (each parameter
+    updated once per step), or with ``repeat_params_official`` the official update in which the
+    backbone's parameters are updated as often as ``get_1x_lr_params`` lists them
+    (``RepeatedParamSGD``; docs/choices.md, Schedule and optimiser)."""
+    groups = param_groups(model, lr, head_lr_mult, repeat_params_official)
+    if repeat_params_official:
+        return RepeatedParamSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -265,5 +354,6 @@ def count_parameters(model: nn.Module) -> int:
 
 __all__ = [
     "ARCHS", "ArchSpec", "Bottleneck", "SEBlock", "ASPPHead", "DeepLabV2",
-    "build_deeplabv2", "param_groups", "unwrap", "count_parameters",
+    "build_deeplabv2", "official_repeats", "param_groups", "RepeatedParamSGD", "sgd", "unwrap",
+    "count_parameters",
 ]

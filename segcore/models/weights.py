@@ -30,7 +30,7 @@ def _shape(t) -> str:
     return "x".join(str(d) for d in t.shape) if t.dim() else "scalar"
 
 
-def _strip_module(sd: dict) -> "OrderedDict[str, torch.Tensor]":
+def _strip_module(sd: dict) -> OrderedDict[str, torch.Tensor]:
     out = OrderedDict()
     for k, v in sd.items():
         k = str(k)
@@ -144,7 +144,7 @@ def load_simclr_backbone(model: nn.Module, path) -> list[str]:
     return _copy_matching(model, obj["state_dict"], path)
 
 
-def read_official_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
+def read_official_checkpoint(path) -> OrderedDict[str, torch.Tensor]:
     """The model state dict of an official ProDA/CPSL checkpoint
     (``ckpt["ResNet101"]["model_state"]``, any "module." prefix stripped)."""
     _require_file(path)

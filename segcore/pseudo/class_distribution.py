@@ -1,5 +1,5 @@
 """The class distribution of the warm-up model's predictions on target train: CPSL's class prior
-for Sinkhorn (reference/proda_cpsl.md 3.1, the official ``generate_class_distribution.py``).
+for Sinkhorn (docs/methods/cpsl.md, Class distribution; the official ``generate_class_distribution.py``).
 
 The official script runs the warm-up model in eval mode over the Cityscapes train images and
 counts, per class, the pixels where the class is the argmax of the logits at the network's
@@ -21,15 +21,24 @@ import torch
 
 from ..atomic import write_json
 from ..data.classes import class_names
+from ..progress import image_meter
 from .soft_store import SoftStore
 
 
-def argmax_counts(store: SoftStore) -> torch.Tensor:
-    """Pixels per class of the argmax of every image of a soft store, int64 (C,)."""
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def argmax_counts(store: SoftStore, log=_print, log_every: int = 500) -> torch.Tensor:
+    """Pixels per class of the argmax of every image of a soft store, int64 (C,). Progress goes
+    to ``log`` every ``log_every`` images, at least every 30 s and at the end."""
     c = store.num_classes
     counts = torch.zeros(c, dtype=torch.int64)
+    meter = image_meter(len(store), 1, log_every)
     for i in range(len(store)):  # one image at a time: the store is read image by image
         counts += torch.bincount(store[i].argmax(dim=0).flatten(), minlength=c)
+        if meter.due(i + 1):
+            log(meter.line(i + 1, "class distribution"))
     return counts
 
 
@@ -55,7 +64,8 @@ def read_class_distribution(path, num_classes: int | None = None) -> torch.Tenso
         obj = json.loads(path.read_text())
         dist = [float(v) for v in obj["distribution"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a class distribution file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        what = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ValueError(f"{path}: not a class distribution file ({what})") from None
     if num_classes is not None and len(dist) != num_classes:
         raise ValueError(f"{path}: class distribution has {len(dist)} classes, the chain has {num_classes}")
     if not all(math.isfinite(v) and v >= 0 for v in dist):

@@ -1,7 +1,7 @@
 """Generate pseudo-label stores with a trained model (the official ``generate_pseudo_label.py``).
 
 * ``generate_soft``: the softmax of ``model(x)["out"]`` at the network's output resolution
-  (not upsampled), the official ``--soft`` mode (reference/proda_cpsl.md 1.7).
+  (not upsampled), the official ``--soft`` mode (docs/protocol.md, Pseudo-label files).
 * ``generate_hard``: the official ``--flip`` mode,
   ``p = (up(softmax(logits(x))) + flip(up(softmax(logits(flip(x)))))) / 2`` with ``up``
   bilinear, ``align_corners=True``, to the image's full resolution (or ``output_size``);
@@ -11,7 +11,9 @@ Both run the model in eval mode under ``torch.inference_mode`` (its previous mod
 afterwards), in dataset order with no shuffling and no dropped last batch, and write through a
 ``SoftWriter`` / ``HardWriter`` that the caller opened: the store appears under its final name
 only when every image is written, so an interrupted run leaves no finished-looking file.
-The model must already be on ``device``; inputs are moved there.
+The model must already be on ``device``; inputs are moved there. Progress (images done,
+rate, elapsed, ETA, timestamp, CUDA peak memory) goes to ``log`` every ``log_every`` images,
+at least every 30 s and at the end.
 """
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ from .. import preflight
 from ..data.datasets import SegmentationDataset
 from ..methods.warmup import upsample
 from ..models.checkpoint import load_model
+from ..progress import image_meter
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
 @contextlib.contextmanager
@@ -59,9 +66,11 @@ def _logits(model, x: torch.Tensor) -> torch.Tensor:
     return out.float()
 
 
-def generate_soft(model, dataset, writer, batch_size: int = 4, device="cpu", num_workers: int = 0) -> None:
+def generate_soft(model, dataset, writer, batch_size: int = 4, device="cpu", num_workers: int = 0, log=_print,
+                  log_every: int = 100) -> None:
     """Write ``softmax(model(x)["out"])`` at output resolution for every image of ``dataset``."""
     device = torch.device(device)
+    meter, done = image_meter(len(dataset), batch_size, log_every), 0
     with _eval_mode(model), torch.inference_mode():
         for images, index in _batches(dataset, writer, batch_size, num_workers):
             probs = F.softmax(_logits(model, images.to(device, non_blocking=True)), dim=1)
@@ -69,6 +78,9 @@ def generate_soft(model, dataset, writer, batch_size: int = 4, device="cpu", num
                 raise ValueError(f"{writer.path}: the model gives {tuple(probs.shape[1:])}, the writer expects "
                                  f"{(writer.num_classes, *writer.size_hw)}")
             writer.write(index, probs.cpu())
+            done += len(index)
+            if meter.due(done):
+                log(meter.line(done, f"soft pseudo-labels -> {writer.path}"))
 
 
 def flip_averaged_probs(model, images: torch.Tensor, size, flip: bool = True) -> torch.Tensor:
@@ -81,13 +93,14 @@ def flip_averaged_probs(model, images: torch.Tensor, size, flip: bool = True) ->
 
 
 def generate_hard(model, dataset, writer, batch_size: int = 4, flip: bool = True, device="cpu",
-                  output_size=None, num_workers: int = 0) -> None:
+                  output_size=None, num_workers: int = 0, log=_print, log_every: int = 100) -> None:
     """Write the flip-averaged argmax label and max probability at full resolution.
 
     ``output_size`` (H, W) defaults to each batch's image size; it must equal the writer's
     ``size_hw``.
     """
     device = torch.device(device)
+    meter, done = image_meter(len(dataset), batch_size, log_every), 0
     with _eval_mode(model), torch.inference_mode():
         for images, index in _batches(dataset, writer, batch_size, num_workers):
             size = tuple(output_size) if output_size is not None else tuple(images.shape[-2:])
@@ -96,6 +109,9 @@ def generate_hard(model, dataset, writer, batch_size: int = 4, flip: bool = True
             p = flip_averaged_probs(model, images.to(device, non_blocking=True), size, flip)
             conf, label = p.max(dim=1)
             writer.write(index, label.cpu(), conf.cpu())
+            done += len(index)
+            if meter.due(done):
+                log(meter.line(done, f"hard pseudo-labels -> {writer.path}"))
 
 
 def open_model_and_images(model_path: str, target: str, num_classes: int):

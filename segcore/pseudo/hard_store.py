@@ -1,7 +1,7 @@
 """Hard pseudo-label store (``HardWriter`` / ``HardStore``).
 
 Per image the label (uint8, 255 = ignore) and the confidence (max of the flip-averaged
-softmax) at full label resolution. Labels: gzip.
+softmax) at full label resolution, both zstd-compressed (``store_base.codec``).
 The confidence comes in one of two encodings, both exact for the official threshold rule:
 
 * ``"grid"`` (default): a uint8 code ``c = #{edges e_k : f16(e_k) < f16(conf)}`` over the
@@ -21,7 +21,7 @@ The confidence comes in one of two encodings, both exact for the official thresh
 
 The grid and float16 codes are stored as a 2-D difference (wrap-around integer arithmetic
 along rows, then columns), which turns the smooth, upsampled confidence map into mostly small
-numbers that gzip packs far better; decoding is two cumulative sums. The few-valued
+numbers that the compressor packs far better; decoding is two cumulative sums. The few-valued
 ``"thresholds"`` code is stored as it is (attribute ``conf_coding = "none"``): the difference
 would save a fifth of its few tens of kB and cost more than the rest of a read.
 
@@ -31,7 +31,7 @@ rule is ``f16(conf) <= f16(threshold)``. ``HardStore.thresholded`` applies exact
 (with 255 as the ignore label).
 
 The official code keeps a label PNG and a float16 ``_conf.npy`` per image
-(reference/proda_cpsl.md 1.7); file handling and validation are shared with the soft store
+(docs/protocol.md, Pseudo-label files); file handling and validation are shared with the soft store
 (``segcore.pseudo.store_base``).
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .store_base import _GZIP, _LABEL_GZIP, IGNORE, _as_numpy, _indices, _Store, _Writer
+from .store_base import IGNORE, _as_numpy, _indices, _Store, _Writer, codec
 
 CONF_ENCODINGS = ("grid", "float16", "thresholds")
 
@@ -98,7 +98,8 @@ class HardWriter(_Writer):
                  conf_levels: int = 200, conf_thresholds=None):
         super().__init__(path, keys)
         if conf_encoding not in CONF_ENCODINGS:
-            raise ValueError(f"{self.path}: unknown confidence encoding {conf_encoding!r} (choose from {', '.join(CONF_ENCODINGS)})")
+            raise ValueError(f"{self.path}: unknown confidence encoding {conf_encoding!r} "
+                             f"(choose from {', '.join(CONF_ENCODINGS)})")
         if not 1 <= int(conf_levels) <= 254:
             raise ValueError(f"{self.path}: conf_levels must be in 1..254, got {conf_levels}")
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
@@ -107,8 +108,10 @@ class HardWriter(_Writer):
         self.conf_levels = int(conf_levels)
         self.conf_thresholds = None
         if conf_encoding == "thresholds":
-            if not conf_thresholds or len(conf_thresholds) > 254 or not all(0.0 <= float(t) <= 1.0 for t in conf_thresholds):
-                raise ValueError(f"{self.path}: conf_encoding='thresholds' needs conf_thresholds in [0, 1], got {conf_thresholds!r}")
+            if (not conf_thresholds or len(conf_thresholds) > 254
+                    or not all(0.0 <= float(t) <= 1.0 for t in conf_thresholds)):
+                raise ValueError(f"{self.path}: conf_encoding='thresholds' needs conf_thresholds in [0, 1], "
+                                 f"got {conf_thresholds!r}")
             self.conf_thresholds = _threshold_edges(conf_thresholds)
             self.conf_levels = len(self.conf_thresholds)
         self._lut = (_grid_lut(self.conf_levels) if conf_encoding == "grid"
@@ -116,10 +119,9 @@ class HardWriter(_Writer):
 
     def _create(self, h5):
         n, (h, w) = len(self.keys), self.size_hw
-        h5.create_dataset("label", (n, h, w), dtype=np.uint8, chunks=(1, h, w), fletcher32=True, **_LABEL_GZIP)
+        h5.create_dataset("label", (n, h, w), dtype=np.uint8, chunks=(1, h, w), **codec(shuffle=False))
         dtype = np.uint16 if self.conf_encoding == "float16" else np.uint8
-        h5.create_dataset("conf", (n, h, w), dtype=dtype, chunks=(1, h, w), fletcher32=True,
-                          shuffle=dtype == np.uint16, **_GZIP)
+        h5.create_dataset("conf", (n, h, w), dtype=dtype, chunks=(1, h, w), **codec(shuffle=dtype == np.uint16))
 
     def _attrs(self):
         attrs = {"num_classes": -1 if self.num_classes is None else self.num_classes, "size_hw": self.size_hw,
@@ -195,8 +197,8 @@ class HardStore(_Store):
             return code.view(np.float16) <= t16
         hit = np.flatnonzero(self._edges16 == t16)
         if hit.size == 0:
-            grid = (f"the listed thresholds {', '.join(f'{t:g}' for t in self._edges)}" if self.conf_encoding == "thresholds"
-                    else f"multiples of 1/{self.conf_levels}")
+            grid = (f"the listed thresholds {', '.join(f'{t:g}' for t in self._edges)}"
+                    if self.conf_encoding == "thresholds" else f"multiples of 1/{self.conf_levels}")
             raise ValueError(f"{self.path}: threshold {threshold} is not on the stored confidence grid "
                              f"({grid}); write with conf_encoding='float16' for arbitrary thresholds")
         return code <= hit[0]

@@ -1,5 +1,5 @@
 """Class prototypes of ProDA: per-image class means and the two ways the official code folds
-them into the prototype bank (reference/proda_cpsl.md 2.2 and 2.3, step 9).
+them into the prototype bank (docs/methods/proda.md, Initial prototypes and Stage 1, step 7).
 
 * ``class_means`` replaces the official ``calculate_mean_vector`` (a double Python loop over
   images and classes with ``.item()`` syncs) by one ``scatter_add``.
@@ -15,8 +15,9 @@ Both updates are pure functions of (state, means, valid); under DDP the caller a
 """
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
+import torch
 
 DEFAULT_MIN_PIXELS = 10
 DEFAULT_CAP = 3000
@@ -114,7 +115,7 @@ class PrototypeBank:
         self.counts = torch.zeros(num_classes, dtype=torch.long, device=device)
 
     @classmethod
-    def from_protos(cls, protos: torch.Tensor, counts: torch.Tensor | None = None) -> "PrototypeBank":
+    def from_protos(cls, protos: torch.Tensor, counts: torch.Tensor | None = None) -> PrototypeBank:
         """Wrap an existing (C, D) tensor, e.g. the official ``prototypes_on_cityscapes_from_deeplabv2``."""
         bank = cls(protos.shape[0], protos.shape[1], device=protos.device, dtype=protos.dtype)
         bank.protos = protos.detach().clone()
@@ -130,7 +131,7 @@ class PrototypeBank:
     def dim(self) -> int:
         return self.protos.shape[1]
 
-    def to(self, device) -> "PrototypeBank":
+    def to(self, device) -> PrototypeBank:
         self.protos = self.protos.to(device)
         self.counts = self.counts.to(device)
         return self
@@ -159,3 +160,24 @@ class PrototypeBank:
             raise ValueError(f"bad prototype state: protos {tuple(protos.shape)}, counts {tuple(counts.shape)}")
         self.protos = protos.detach().to(self.protos.device, self.protos.dtype).clone()
         self.counts = counts.detach().to(self.protos.device).long().clone()
+
+
+def load_prototypes(path, num_classes: int, dim: int | None = None) -> torch.Tensor:
+    """The (C, D) ``protos`` tensor of a prototypes file (``init_prototypes``, ``ddb_prototypes``);
+    one-line errors naming the file when it is missing, unreadable, of another class count or
+    feature width, or not finite."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: prototypes file not found")
+    try:
+        protos = torch.load(path, map_location="cpu", weights_only=True)["protos"]
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is "not a prototypes file"
+        raise ValueError(f"{path}: not a prototypes file ({type(exc).__name__})") from None
+    if not isinstance(protos, torch.Tensor) or protos.dim() != 2:
+        raise ValueError(f"{path}: not a prototypes file (expected a (classes, dim) tensor 'protos')")
+    if protos.shape[0] != num_classes:
+        raise ValueError(f"{path}: prototypes for {protos.shape[0]} classes, the chain has {num_classes}")
+    if dim is not None and protos.shape[1] != dim:
+        raise ValueError(f"{path}: prototypes of dim {protos.shape[1]}, the model's features have {dim}")
+    if not bool(torch.isfinite(protos).all()):
+        raise ValueError(f"{path}: prototypes with non-finite values")
+    return protos

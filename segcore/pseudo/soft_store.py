@@ -3,11 +3,13 @@
 The softmax at the network's output resolution, ``[C, h, w]`` per image, in one of two
 encodings:
 
-* ``"float16"``: dataset ``probs`` float16 ``[N, C, h, w]``, byte shuffle + gzip. Relative
+* ``"float16"``: dataset ``probs`` float16 ``[N, C, h, w]``, byte shuffle + zstd
+  (``store_base.codec``; stores written with gzip are read too). Relative
   precision 2^-11; argmax equals the float32 argmax except where the top two probabilities
   are closer than float16 resolution.
-* ``"topk"``: datasets ``topk_prob`` and ``topk_class``, uint8 ``[N, k, h, w]`` (gzip): the
-  k largest probabilities, rank ordered, quantised to ``round(p * 255)``, and their class ids.
+* ``"topk"``: datasets ``topk_prob`` and ``topk_class``, uint8 ``[N, k, h, w]``: the
+  k largest probabilities, rank ordered, quantised to ``round(p * 255)``, and their class ids
+  (zstd).
   Decoding puts ``q / 255`` on the stored classes and spreads the rest of the mass,
   ``max(0, 1 - sum(q) / 255)``, uniformly over the other ``C - k`` classes (capped at the k-th
   stored value: in truth no other class exceeds it); a tiny rank term (1e-6 per rank) keeps
@@ -16,7 +18,7 @@ encodings:
   are no longer told apart, which matters where a method re-weights the soft label per
   class (ProDA's ``argmax(w * p0)``): use ``"float16"`` for faithful runs.
 
-The official code keeps a float32 softmax ``.npy`` per image (reference/proda_cpsl.md 1.7);
+The official code keeps a float32 softmax ``.npy`` per image (docs/protocol.md, Pseudo-label files);
 file handling and validation are shared with the hard store (``segcore.pseudo.store_base``).
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .store_base import _GZIP, _indices, _Store, _Writer
+from .store_base import _indices, _Store, _Writer, codec
 
 SOFT_ENCODINGS = ("float16", "topk")
 _RANK_EPS = 1e-6
@@ -42,7 +44,8 @@ class SoftWriter(_Writer):
     def __init__(self, path, keys, num_classes: int, size_hw, encoding: str = "float16", k: int = 3):
         super().__init__(path, keys)
         if encoding not in SOFT_ENCODINGS:
-            raise ValueError(f"{self.path}: unknown soft encoding {encoding!r} (choose from {', '.join(SOFT_ENCODINGS)})")
+            raise ValueError(f"{self.path}: unknown soft encoding {encoding!r} "
+                             f"(choose from {', '.join(SOFT_ENCODINGS)})")
         self.num_classes = int(num_classes)
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
         self.encoding = encoding
@@ -53,12 +56,11 @@ class SoftWriter(_Writer):
     def _create(self, h5):
         n, (h, w), c = len(self.keys), self.size_hw, self.num_classes
         if self.encoding == "float16":
-            h5.create_dataset("probs", (n, c, h, w), dtype=np.float16, chunks=(1, c, h, w), shuffle=True,
-                              fletcher32=True, **_GZIP)
+            h5.create_dataset("probs", (n, c, h, w), dtype=np.float16, chunks=(1, c, h, w), **codec(shuffle=True))
         else:
             for name in ("topk_prob", "topk_class"):
                 h5.create_dataset(name, (n, self.k, h, w), dtype=np.uint8, chunks=(1, self.k, h, w),
-                                  fletcher32=True, **_GZIP)
+                                  **codec(shuffle=False))
 
     def _attrs(self):
         return {"num_classes": self.num_classes, "encoding": self.encoding, "size_hw": self.size_hw,
@@ -67,7 +69,8 @@ class SoftWriter(_Writer):
     def write(self, index_or_batch, probs) -> None:
         self._require_open()
         idx, batched = _indices(index_or_batch, len(self.keys), self.path)
-        p = probs.detach().float().cpu() if isinstance(probs, torch.Tensor) else torch.from_numpy(np.asarray(probs, np.float32))
+        p = (probs.detach().float().cpu() if isinstance(probs, torch.Tensor)
+             else torch.from_numpy(np.asarray(probs, np.float32)))
         if not batched:
             p = p.unsqueeze(0)
         want = (len(idx), self.num_classes, *self.size_hw)
@@ -103,7 +106,8 @@ class SoftStore(_Store):
         i = self._index(i)
         h5 = self._file()
         if self.encoding == "float16":
-            return torch.from_numpy(h5["probs"][i].astype(np.float32))
+            # torch's half -> float conversion is vectorised; NumPy's costs more than the decompression
+            return torch.from_numpy(h5["probs"][i]).float()
         q = torch.from_numpy(h5["topk_prob"][i].astype(np.float32))
         cls = torch.from_numpy(h5["topk_class"][i].astype(np.int64))
         return decode_topk(q, cls, self.num_classes)

@@ -1,6 +1,6 @@
 """Shared machinery of the pseudo-label stores: one chunked, compressed HDF5 file per set.
 
-The official code writes one file per image (reference/proda_cpsl.md 1.7): a float32 softmax
+The official code writes one file per image (docs/protocol.md, Pseudo-label files): a float32 softmax
 ``.npy`` at output stride 8 (2.4 MiB per Cityscapes image, 7 GiB in all) for the soft labels,
 and a label PNG plus a float16 full-resolution confidence ``.npy`` (4 MiB per image, 11.6 GiB
 per stage) for the hard ones. Here each set is one HDF5 file, one chunk per image; the soft
@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import h5py
+import hdf5plugin
 import numpy as np
 import torch
 
@@ -28,6 +29,20 @@ IGNORE = 255
 FORMAT_VERSION = 1
 _GZIP = {"compression": "gzip", "compression_opts": 4}
 _LABEL_GZIP = {"compression": "gzip", "compression_opts": 6}  # labels: level 6 is ~30% smaller, still fast
+
+
+def codec(shuffle: bool) -> dict:
+    """The chunk codec of the soft and hard stores: zstd level 9 inside Blosc (``hdf5plugin``),
+    with Blosc's byte shuffle for multi-byte values (float16 probabilities, uint16 confidence
+    codes), none for bytes (labels). Zstd decodes at the same speed whatever the level, so the
+    highest cheap level costs only write time. Against gzip (level 4, with HDF5's Fletcher-32
+    checksum, the codec of format 1 stores, still read): bytes at or below gzip's, reads several
+    times faster (benchmarks/README.md, Pseudo-label stores). No Fletcher-32: HDF5 checks it
+    byte by byte, about 4 ms per Cityscapes soft label, more than the decompression; a store is
+    still accepted only when written completely (``complete`` and the key hash, below).
+    Reading needs the filter registered: importing this module (``hdf5plugin``) does it."""
+    return dict(hdf5plugin.Blosc(cname="zstd", clevel=9,
+                                 shuffle=hdf5plugin.Blosc.SHUFFLE if shuffle else hdf5plugin.Blosc.NOSHUFFLE))
 
 
 def keys_digest(keys) -> str:
@@ -165,11 +180,13 @@ class _Store:
             raise ValueError(f"{self.path}: not a readable pseudo-label store ({str(exc).splitlines()[0]})") from None
         fmt = f"segcore-{self.kind}-pseudo-labels"
         if not attrs.get("complete", False) or keys is None:
-            raise ValueError(f"{self.path}: incomplete pseudo-label store (unfinished or interrupted write); delete it and regenerate")
+            raise ValueError(f"{self.path}: incomplete pseudo-label store (unfinished or interrupted write); "
+                             "delete it and regenerate")
         if attrs.get("format") != fmt:
             raise ValueError(f"{self.path}: not a {self.kind} pseudo-label store (format {attrs.get('format')!r})")
         if int(attrs.get("format_version", -1)) != FORMAT_VERSION:
-            raise ValueError(f"{self.path}: store format version {attrs.get('format_version')}, this code reads {FORMAT_VERSION}")
+            raise ValueError(f"{self.path}: store format version {attrs.get('format_version')}, "
+                             f"this code reads {FORMAT_VERSION}")
         if int(attrs["count"]) != len(keys) or attrs["keys_sha256"] != keys_digest(keys):
             raise ValueError(f"{self.path}: corrupt pseudo-label store (key list does not match its recorded hash)")
         self.keys = keys
@@ -177,7 +194,8 @@ class _Store:
         self.num_classes = int(attrs["num_classes"]) if int(attrs["num_classes"]) >= 0 else None
         self.size_hw = tuple(int(v) for v in attrs["size_hw"])
         if expect_classes is not None and self.num_classes != int(expect_classes):
-            raise ValueError(f"{self.path}: pseudo-labels for {self.num_classes} classes, expected {int(expect_classes)}")
+            raise ValueError(f"{self.path}: pseudo-labels for {self.num_classes} classes, "
+                             f"expected {int(expect_classes)}")
         if expect_keys is not None:
             expect_keys = [str(k) for k in expect_keys]
             if keys_digest(expect_keys) != attrs["keys_sha256"]:

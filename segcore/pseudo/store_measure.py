@@ -42,7 +42,8 @@ def _measure(n=3, num_classes=19, soft_hw=(129, 257), full_hw=(1024, 2048), scal
     official_conf = 128 + full_hw[0] * full_hw[1] * 2
     logits = [_smooth_logits(num_classes, soft_hw, i, scale) for i in range(n)]
     probs = [lg.softmax(1) for lg in logits]
-    print(f"synthetic case: {n} images, C={num_classes}, soft {soft_hw}, hard {full_hw}, logits = {scale} x upsampled noise")
+    print(f"synthetic case: {n} images, C={num_classes}, soft {soft_hw}, hard {full_hw}, "
+          f"logits = {scale} x upsampled noise")
     with tempfile.TemporaryDirectory() as tmp:
         for enc in SOFT_ENCODINGS:
             path = Path(tmp) / f"soft_{enc}.h5"
@@ -58,7 +59,8 @@ def _measure(n=3, num_classes=19, soft_hw=(129, 257), full_hw=(1024, 2048), scal
         up = lambda t: F.interpolate(t, size=full_hw, mode="bilinear", align_corners=True)  # noqa: E731
         labels, confs, png = [], [], 0
         for i in range(n):
-            flipped = logits[i] + 0.1 * _smooth_logits(num_classes, soft_hw, 1000 + i, scale)  # the flipped view's prediction
+            # the flipped view's prediction
+            flipped = logits[i] + 0.1 * _smooth_logits(num_classes, soft_hw, 1000 + i, scale)
             p = (up(probs[i]) + up(flipped.softmax(1))) / 2
             c, lab = p[0].max(0)
             labels.append(lab.numpy().astype(np.uint8))
@@ -82,9 +84,9 @@ def _measure(n=3, num_classes=19, soft_hw=(129, 257), full_hw=(1024, 2048), scal
                     same.append(np.array_equal(store.thresholded(i, t).numpy(), ref))
             size = path.stat().st_size / n
             frac = np.mean([(c > 0.95).mean() for c in confs])
-            print(f"hard conf={enc:7s}: {size:10,.0f} B/image = {size / official_hard:6.1%} of the official PNG + float16 "
-                  f".npy ({official_hard:,.0f} B); thresholded labels identical to the official rule at 0.9/0.95/0.99: "
-                  f"{all(same)} ({frac:.1%} of pixels above 0.95)")
+            print(f"hard conf={enc:7s}: {size:10,.0f} B/image = {size / official_hard:6.1%} of the official "
+                  f"PNG + float16 .npy ({official_hard:,.0f} B); thresholded labels identical to the official "
+                  f"rule at 0.9/0.95/0.99: {all(same)} ({frac:.1%} of pixels above 0.95)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,26 +1,25 @@
-"""Small pieces every training loop shares: optimiser, BN freezing, progress lines, data
-sets, resume, and the device side (``Accel``: device placement, bf16 autocast, channels_last,
+"""Small pieces every training loop shares: optimiser, BN freezing, data sets, the job's
+settings, and the device side (``Accel``: device placement, bf16 autocast, channels_last,
 torch.compile)."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 
 import torch
 
 from ..data.datasets import SegmentationDataset, infinite_loader
 from ..data.transforms import WeakView
 from ..models.checkpoint import load_model
-from ..models.deeplabv2 import param_groups
+from ..models.deeplabv2 import sgd
 from . import distributed as D
 from .ema import EMATeacher
-from .rng import get_rng_state, seed_everything, set_rng_state
+from .rng import seed_everything
 
 
 def make_sgd(model, opts) -> torch.optim.SGD:
-    return torch.optim.SGD(param_groups(model, opts["lr"], opts["head_lr_mult"]), lr=opts["lr"],
-                           momentum=opts["momentum"], weight_decay=opts["weight_decay"])
+    return sgd(model, opts["lr"], opts["head_lr_mult"], momentum=opts["momentum"],
+               weight_decay=opts["weight_decay"], repeat_params_official=opts.get("repeat_params_official", False))
 
 
 def freeze_bn(model) -> None:
@@ -29,27 +28,6 @@ def freeze_bn(model) -> None:
             m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
-
-
-class Progress:
-    """Prints losses every ``every`` iterations (one .item() per logged value, not per step).
-
-    Under DDP every rank calls it every iteration; at a logging iteration the values are
-    averaged over the ranks (one collective: the global batch's losses, see
-    ``distributed.global_mean``) and rank 0 prints them."""
-
-    def __init__(self, total: int, start: int, every: int, log=print):
-        self.total, self.start, self.every, self.log, self.t0 = total, start, every, log, time.time()
-
-    def __call__(self, done: int, lr: float, logs: dict) -> None:
-        if done % self.every and done != self.total:
-            return
-        logs = D.reduce_logs(logs)
-        if not D.is_main():
-            return
-        rate = (done - self.start) / max(time.time() - self.t0, 1e-9)
-        values = " ".join(f"{k} {float(v):.4f}" for k, v in logs.items())
-        self.log(f"it {done}/{self.total} lr {lr:.2e} {values} ({rate:.2f} it/s)")
 
 
 def main_log(log):
@@ -68,7 +46,7 @@ class Accel:
     compile: bool = False
 
     @classmethod
-    def from_options(cls, opts: dict, device=None) -> "Accel":
+    def from_options(cls, opts: dict, device=None) -> Accel:
         dev = torch.device(device) if device is not None else D.device()
         cuda = dev.type == "cuda"
         return cls(dev, amp=cuda and bool(opts.get("amp", True)),
@@ -133,24 +111,10 @@ def image_set(spec: dict, num_classes: int) -> SegmentationDataset:
                                with_labels=False)
 
 
-def restore(state, parts: dict, log=print) -> int:
-    """Load a rolling resume state into ``parts`` (name -> object with load_state_dict) and the
-    RNGs; return the iteration to start from (0 when there is nothing to resume). Every rank
-    reads the same file (rank 0 wrote it), so every rank resumes the same state."""
-    saved = state.load()
-    if saved is None:
-        return 0
-    for name, part in parts.items():
-        part.load_state_dict(saved[name])
-    set_rng_state(saved["rng"])
-    log(f"resumed from {state.path} at iteration {saved['iteration']}")
-    return saved["iteration"]
-
-
-def snapshot(state, iteration: int, parts: dict) -> None:
-    """Write the rolling resume state (rank 0 only: the state is the same on every rank)."""
-    if D.is_main():
-        state.save({"iteration": iteration, "rng": get_rng_state(), **{k: p.state_dict() for k, p in parts.items()}})
+def job_settings(job) -> dict:
+    """A job's fields without its machine settings (where it writes its rolling state, loader
+    workers, device): what fingerprints its resume state."""
+    return dataclasses.asdict(job) | {"workdir": None, "num_workers": None, "device": None}
 
 
 def source_target_batches(src, tgt, opts, seed: int, start: int, accel, num_workers=None):
@@ -159,16 +123,6 @@ def source_target_batches(src, tgt, opts, seed: int, start: int, accel, num_work
     loader = accel.loader_kwargs(num_workers)
     return (infinite_loader(src, opts["batch_size"], seed, start=start, **loader),
             infinite_loader(tgt, opts["batch_size"], seed + 1, start=start, **loader))
-
-
-def begin_training(model, opts, start: int, log=print):
-    """Put ``model`` in train mode (BatchNorm frozen when ``freeze_bn``); return the number of
-    iterations, the poly-schedule horizon and the progress printer."""
-    model.train()
-    if opts["freeze_bn"]:
-        freeze_bn(model)
-    total = opts["iterations"]
-    return total, opts["poly_horizon"] or total, Progress(total, start, opts["log_every"], log)
 
 
 def start_run(opts, seed: int, device=None, log=print):

@@ -2,7 +2,7 @@
 weak crop, self-training on labels rectified by the EMA prototypes, class-balanced
 self-labeling of the learnable prototypes (Sinkhorn with the class prior over a feature
 memory), cosine prototype consistency on the strong view, optional supervised contrast,
-EMA teacher and EMA prototypes (reference/proda_cpsl.md 3.2). Method pieces:
+EMA teacher and EMA prototypes (docs/methods/cpsl.md). Method pieces:
 ``segcore.methods.cpsl``.
 
 Data parallel (``segcore.train.distributed``), as the other loops: each rank takes its slice
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import torch
 
@@ -37,11 +36,20 @@ from ..methods.rectify import cosine_scores, cosine_weights, rectify
 from ..methods.warmup import segmentation_loss, upsample
 from ..models.checkpoint import save_model
 from ..pseudo.class_distribution import read_class_distribution
+from ..pseudo.prototypes import load_prototypes
 from ..pseudo.store import SoftStore
 from . import distributed as D
-from .common import Accel, begin_training, image_set, labelled_set, make_sgd, restore, snapshot, source_target_batches, start_run, student_with_ema_teacher, weak_view
-from .resume import RollingState, fingerprint
-from .schedule import poly_factor, set_lr
+from .common import (
+    Accel,
+    image_set,
+    job_settings,
+    labelled_set,
+    make_sgd,
+    source_target_batches,
+    student_with_ema_teacher,
+    weak_view,
+)
+from .runner import Training, run_training
 
 #: the network's output stride; CutMix boxes sit on its grid (and on the loss grid's)
 OUTPUT_STRIDE = 8
@@ -63,23 +71,6 @@ class CPSLStage1Job:
     workdir: str
     num_workers: int = 0
     device: str | None = None  # None: the process's device (distributed.device())
-
-
-def load_initial_prototypes(path, num_classes: int) -> torch.Tensor:
-    """The (C, D) ``protos`` of an ``init_prototypes`` file; one-line errors naming the file."""
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: prototypes file not found")
-    try:
-        protos = torch.load(path, map_location="cpu", weights_only=True)["protos"]
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is "not a prototypes file"
-        raise ValueError(f"{path}: not a prototypes file ({type(exc).__name__})") from None
-    if not isinstance(protos, torch.Tensor) or protos.dim() != 2:
-        raise ValueError(f"{path}: not a prototypes file (expected a (classes, dim) tensor 'protos')")
-    if protos.shape[0] != num_classes:
-        raise ValueError(f"{path}: prototypes for {protos.shape[0]} classes, the chain has {num_classes}")
-    if not bool(torch.isfinite(protos).all()):
-        raise ValueError(f"{path}: prototypes with non-finite values")
-    return protos
 
 
 def fill_empty_prototypes(protos: torch.Tensor, seed: int, log=print) -> torch.Tensor:
@@ -175,58 +166,55 @@ def train_step(student, teacher, protos, memory, prior, optimizer, s: dict, t: d
     return {"src": loss_src.detach(), **logs}
 
 
-def run(job: CPSLStage1Job, log=print) -> dict:
+def run(job: CPSLStage1Job, log=print, on_iteration=None) -> dict:
     opts = job.options
-    accel, log = start_run(opts, job.seed, job.device, log)
-    student, meta, teacher = student_with_ema_teacher(job.init, job.num_classes, opts, accel)
-    init_protos = fill_empty_prototypes(load_initial_prototypes(job.prototypes, job.num_classes), job.seed, log)
-    protos = cpsl.CosinePrototypes(init_protos, ema_momentum=opts["proto_ema_momentum"]).to(accel.device)
-    if protos.weight.shape[1] != student.feature_dim:
-        raise ValueError(f"{job.prototypes}: prototypes of dim {protos.weight.shape[1]}, the model's features "
-                         f"have {student.feature_dim}")
-    # checked here once (non-negative, sums to 1): sinkhorn does not re-check it per call
-    prior = read_class_distribution(job.class_distribution, job.num_classes).to(accel.device)
-    optimizer = make_sgd(student, opts)
-    p_lr = opts["lr"] * opts["proto_lr_mult"]
-    optimizer.add_param_group({"params": [protos.weight], "lr": p_lr, "initial_lr": p_lr, "name": "prototypes"})
-    memory = FeatureMemory(opts["queue_length"], {"feat": ((student.feature_dim,), torch.float32),
-                                                  "logits": ((job.num_classes,), torch.float32),
-                                                  "label": ((), torch.int64)}, device=accel.device)
+    out = {}
 
-    src = labelled_set(job.source, job.num_classes, opts)
-    base = image_set(job.target, job.num_classes)
-    if opts["lab_transfer"]:
-        src = LabTransferSet(src, base)
-    soft = SoftStore(job.soft_labels, expect_keys=base.keys, expect_classes=job.num_classes)
-    strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"],
-                        blur_p=opts["blur_p"], jitter=opts["jitter"], jitter_p=opts["jitter_p"])
-    tgt = TargetViews(base, weak_view(opts), strong, soft_store=soft, label_stride=opts["label_stride"],
-                      keep_soft_full=True)
+    def build(accel: Accel, log) -> Training:
+        student, meta, teacher = student_with_ema_teacher(job.init, job.num_classes, opts, accel)
+        out["meta"] = dict(meta, stage="cpsl_stage1", iterations=opts["iterations"])
+        init_protos = fill_empty_prototypes(load_prototypes(job.prototypes, job.num_classes), job.seed, log)
+        protos = cpsl.CosinePrototypes(init_protos, ema_momentum=opts["proto_ema_momentum"]).to(accel.device)
+        if protos.weight.shape[1] != student.feature_dim:
+            raise ValueError(f"{job.prototypes}: prototypes of dim {protos.weight.shape[1]}, the model's features "
+                             f"have {student.feature_dim}")
+        # checked here once (non-negative, sums to 1): sinkhorn does not re-check it per call
+        prior = read_class_distribution(job.class_distribution, job.num_classes).to(accel.device)
+        optimizer = make_sgd(student, opts)
+        p_lr = opts["lr"] * opts["proto_lr_mult"]
+        optimizer.add_param_group({"params": [protos.weight], "lr": p_lr, "initial_lr": p_lr, "name": "prototypes"})
+        memory = FeatureMemory(opts["queue_length"], {"feat": ((student.feature_dim,), torch.float32),
+                                                      "logits": ((job.num_classes,), torch.float32),
+                                                      "label": ((), torch.int64)}, device=accel.device)
 
-    state = RollingState(Path(job.workdir) / "resume.pt", opts["checkpoint_every"],
-                         fingerprint(dataclasses.asdict(job) | {"workdir": None, "num_workers": None, "device": None}))
-    parts = {"model": student, "teacher": teacher, "prototypes": protos, "memory": memory, "optimizer": optimizer}
-    start = restore(state, parts, log)
-    D.broadcast_module(student, teacher.module, protos)
-    accel.compiled(student, teacher.module)
+        src = labelled_set(job.source, job.num_classes, opts)
+        base = image_set(job.target, job.num_classes)
+        if opts["lab_transfer"]:
+            src = LabTransferSet(src, base)
+        soft = SoftStore(job.soft_labels, expect_keys=base.keys, expect_classes=job.num_classes)
+        strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"],
+                            blur_p=opts["blur_p"], jitter=opts["jitter"], jitter_p=opts["jitter_p"])
+        tgt = TargetViews(base, weak_view(opts), strong, soft_store=soft, label_stride=opts["label_stride"],
+                          keep_soft_full=True)
 
-    src_iter, tgt_iter = source_target_batches(src, tgt, opts, job.seed, start, accel, job.num_workers)
-    total, horizon, progress = begin_training(student, opts, start, log)
-    for it in range(start, total):
-        set_lr(optimizer, poly_factor(it, horizon, opts["poly_power"]))
-        logs = train_step(student, teacher, protos, memory, prior, optimizer, accel.batch(next(src_iter)),
-                          accel.batch(next(tgt_iter)), opts, accel)
-        done = it + 1
-        progress(done, optimizer.param_groups[0]["lr"], logs)
-        if state.due(done) and done < total:
-            snapshot(state, done, parts)
+        def step(batch):
+            s, t = batch
+            return train_step(student, teacher, protos, memory, prior, optimizer, accel.batch(s), accel.batch(t),
+                              opts, accel)
 
-    meta = dict(meta, stage="cpsl_stage1", iterations=total)
-    D.assert_same(student, teacher.module, protos, *memory.buffers.values(),
-                  what="student / EMA teacher / prototypes / memory")
-    if D.is_main():
-        save_torch(job.out_prototypes, {"protos": protos.weight.detach().cpu().clone(),
-                                        "protos_ema": protos.ema.detach().cpu().clone()})
-        save_model(job.out, student, meta)
-        state.clear()
-    return meta
+        def save(_):
+            save_torch(job.out_prototypes, {"protos": protos.weight.detach().cpu().clone(),
+                                            "protos_ema": protos.ema.detach().cpu().clone()})
+            save_model(job.out, student, out["meta"])
+
+        return Training(
+            model=student, optimizers=[optimizer], step=step, save=save,
+            parts={"model": student, "teacher": teacher, "prototypes": protos, "memory": memory,
+                   "optimizer": optimizer},
+            batches=lambda start: zip(*source_target_batches(src, tgt, opts, job.seed, start, accel, job.num_workers)),
+            broadcast=(student, teacher.module, protos), compile=(student, teacher.module),
+            same=lambda: (student, teacher.module, protos, *memory.buffers.values()))
+
+    run_training(build, options=opts, seed=job.seed, workdir=job.workdir, settings=job_settings(job),
+                 device=job.device, log=log, on_iteration=on_iteration)
+    return out["meta"]

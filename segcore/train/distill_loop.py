@@ -8,7 +8,6 @@ gradients are averaged; rank 0 logs and writes.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from ..data.classes import class_names
 from ..data.strong_view import StrongView
@@ -20,9 +19,8 @@ from ..models.deeplabv2 import build_deeplabv2
 from ..models.weights import load_simclr_backbone
 from ..pseudo.store import HardStore
 from . import distributed as D
-from .common import begin_training, image_set, labelled_set, make_sgd, restore, snapshot, source_target_batches, start_run, weak_view
-from .resume import RollingState, fingerprint
-from .schedule import poly_factor, set_lr
+from .common import image_set, job_settings, labelled_set, make_sgd, source_target_batches, weak_view
+from .runner import Training, run_training
 
 
 @dataclasses.dataclass
@@ -52,55 +50,53 @@ def build_student(job: DistillJob):
     return model
 
 
-def run(job: DistillJob, log=print) -> dict:
+def train_step(student, teacher, optimizer, s: dict, t: dict, opts: dict, accel) -> dict:
+    """One distillation step on a source batch ``s`` and a target batch ``t`` (on the device):
+    source CE, then the target losses (``methods.distill``), each with its own backward as the
+    official code; averaged gradients; the optimiser step. Returns detached losses."""
+    optimizer.zero_grad(set_to_none=True)
+    with accel.autocast():
+        loss_src = segmentation_loss(student(s["image"])["out"], s["label"])
+    loss_src.backward()
+    with accel.autocast():
+        loss_tgt, logs = distill_target_loss(student, teacher, t, opts)
+    loss_tgt.backward()
+    D.average_gradients(student.parameters())
+    optimizer.step()
+    return {"src": loss_src.detach(), **logs}
+
+
+def run(job: DistillJob, log=print, on_iteration=None) -> dict:
     opts = job.options
-    accel, log = start_run(opts, job.seed, job.device, log)
-    student = accel.place(D.prepare_model(build_student(job)))
-    teacher, _ = load_model(job.teacher, expect_num_classes=job.num_classes)
-    teacher = accel.place(teacher.eval().requires_grad_(False))
-    optimizer = make_sgd(student, opts)
-
-    src = labelled_set(job.source, job.num_classes, opts)
-    base = image_set(job.target, job.num_classes)
-    hard = HardStore(job.hard_labels, expect_keys=base.keys, expect_classes=job.num_classes)
-    if opts["threshold"] is not None and not hard.supports(opts["threshold"]):  # fail now, not in a loader worker
-        hard.thresholded(0, opts["threshold"])  # raises the store's one-line error naming the file
-    strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"])
-    tgt = TargetViews(base, weak_view(opts), strong, hard_store=hard, threshold=opts["threshold"],
-                      label_stride=opts["label_stride"], keep_full=False)
-
-    state = RollingState(Path(job.workdir) / "resume.pt", opts["checkpoint_every"],
-                         fingerprint(dataclasses.asdict(job) | {"workdir": None, "num_workers": None, "device": None}))
-    parts = {"model": student, "optimizer": optimizer}
-    start = restore(state, parts, log)
-    D.broadcast_module(student)
-    accel.compiled(student, teacher)
-
-    src_iter, tgt_iter = source_target_batches(src, tgt, opts, job.seed, start, accel, job.num_workers)
-    total, horizon, progress = begin_training(student, opts, start, log)
-    for it in range(start, total):
-        set_lr(optimizer, poly_factor(it, horizon, opts["poly_power"]))
-        optimizer.zero_grad(set_to_none=True)
-        s = accel.batch(next(src_iter))
-        with accel.autocast():
-            loss_src = segmentation_loss(student(s["image"])["out"], s["label"])
-        loss_src.backward()
-        t = accel.batch(next(tgt_iter))
-        with accel.autocast():
-            loss_tgt, logs = distill_target_loss(student, teacher, t, opts)
-        loss_tgt.backward()
-        D.average_gradients(student.parameters())
-        optimizer.step()
-        done = it + 1
-        progress(done, optimizer.param_groups[0]["lr"], {"src": loss_src.detach(), **logs})
-        if state.due(done) and done < total:
-            snapshot(state, done, parts)
-
     meta = {"arch": job.arch, "num_classes": job.num_classes, "bn_clr": True,
-            "classes": list(class_names(job.num_classes)), "stage": job.stage, "iterations": total,
+            "classes": list(class_names(job.num_classes)), "stage": job.stage, "iterations": opts["iterations"],
             "init": job.init_kind}
-    D.assert_same(student, what="student")
-    if D.is_main():
-        save_model(job.out, student, meta)
-        state.clear()
+
+    def build(accel, log) -> Training:
+        student = accel.place(D.prepare_model(build_student(job)))
+        teacher, _ = load_model(job.teacher, expect_num_classes=job.num_classes)
+        teacher = accel.place(teacher.eval().requires_grad_(False))
+        optimizer = make_sgd(student, opts)
+
+        src = labelled_set(job.source, job.num_classes, opts)
+        base = image_set(job.target, job.num_classes)
+        hard = HardStore(job.hard_labels, expect_keys=base.keys, expect_classes=job.num_classes)
+        if opts["threshold"] is not None and not hard.supports(opts["threshold"]):  # fail now, not in a worker
+            hard.thresholded(0, opts["threshold"])  # raises the store's one-line error naming the file
+        strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"])
+        tgt = TargetViews(base, weak_view(opts), strong, hard_store=hard, threshold=opts["threshold"],
+                          label_stride=opts["label_stride"], keep_full=False)
+
+        def step(batch):
+            s, t = batch
+            return train_step(student, teacher, optimizer, accel.batch(s), accel.batch(t), opts, accel)
+
+        return Training(
+            model=student, parts={"model": student, "optimizer": optimizer}, optimizers=[optimizer], step=step,
+            batches=lambda start: zip(*source_target_batches(src, tgt, opts, job.seed, start, accel, job.num_workers)),
+            save=lambda _: save_model(job.out, student, meta), broadcast=(student,), compile=(student, teacher),
+            same=(student,))
+
+    run_training(build, options=opts, seed=job.seed, workdir=job.workdir, settings=job_settings(job),
+                 device=job.device, log=log, on_iteration=on_iteration)
     return meta

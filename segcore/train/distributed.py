@@ -175,7 +175,8 @@ def threads_per_rank(threads: int) -> int:
 def add_launch_arguments(parser) -> None:
     """The arguments every training script shares: CPU threads of the whole job, loader
     workers per process, device."""
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads of the whole job (split over its processes)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of the whole job (split over its processes)")
     parser.add_argument("--workers", type=int, default=None,
                         help="DataLoader workers per process (default: 0 on the CPU, up to 8 per GPU on CUDA)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
@@ -422,8 +423,8 @@ def prepare_model(model: nn.Module) -> nn.Module:
 
 
 __all__ = [
-    "Context", "init", "shutdown", "run_script", "context", "world_size", "rank", "is_main", "active", "device", "barrier",
-    "threads_per_rank", "loader_workers", "local_batch", "rank_slice", "global_rand", "all_reduce_sum", "all_reduce_mean",
-    "sum_over_ranks", "all_gather_cat", "global_mean", "reduce_logs", "average_gradients", "broadcast_module",
-    "broadcast_tensor", "assert_same", "prepare_model", "add_launch_arguments", "launch",
+    "Context", "init", "shutdown", "run_script", "context", "world_size", "rank", "is_main", "active", "device",
+    "barrier", "threads_per_rank", "loader_workers", "local_batch", "rank_slice", "global_rand", "all_reduce_sum",
+    "all_reduce_mean", "sum_over_ranks", "all_gather_cat", "global_mean", "reduce_logs", "average_gradients",
+    "broadcast_module", "broadcast_tensor", "assert_same", "prepare_model", "add_launch_arguments", "launch",
 ]

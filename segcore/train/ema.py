@@ -1,4 +1,4 @@
-"""EMA teacher (mean teacher) of ProDA / CPSL stage 1 (reference/proda_cpsl.md 2.3).
+"""EMA teacher (mean teacher) of ProDA / CPSL stage 1 (docs/methods/proda.md).
 
 Official behaviour, reproduced by default:
 * after every optimiser step, ``theta' <- m theta' + (1 - m) theta`` with m = 0.999 for every
@@ -76,7 +76,7 @@ class EMATeacher:
 
     __call__ = forward
 
-    def to(self, *args, **kwargs) -> "EMATeacher":
+    def to(self, *args, **kwargs) -> EMATeacher:
         self.module.to(*args, **kwargs)
         return self
 

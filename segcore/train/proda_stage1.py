@@ -1,5 +1,5 @@
 """The ProDA stage-1 loop: source CE, rectified self-training on the weak crop, prototype
-consistency on the strong view, moving prototypes, EMA teacher (reference/proda_cpsl.md 2.3).
+consistency on the strong view, moving prototypes, EMA teacher (docs/methods/proda.md).
 
 Data parallel (``segcore.train.distributed``): each rank takes its slice of the global
 batch; losses with data-dependent normalisers use the global counts; BN (student and the
@@ -11,7 +11,6 @@ logs and writes.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 
@@ -23,9 +22,17 @@ from ..models.checkpoint import save_model
 from ..pseudo.prototypes import PrototypeBank
 from ..pseudo.store import SoftStore
 from . import distributed as D
-from .common import Accel, begin_training, image_set, labelled_set, make_sgd, restore, snapshot, source_target_batches, start_run, student_with_ema_teacher, weak_view
-from .resume import RollingState, fingerprint
-from .schedule import poly_factor, set_lr
+from .common import (
+    Accel,
+    image_set,
+    job_settings,
+    labelled_set,
+    make_sgd,
+    source_target_batches,
+    student_with_ema_teacher,
+    weak_view,
+)
+from .runner import Training, run_training
 
 
 @dataclasses.dataclass
@@ -67,42 +74,37 @@ def train_step(student, teacher, bank, optimizer, s: dict, t: dict, opts: dict, 
     return {"src": loss_src.detach(), **logs}
 
 
-def run(job: Stage1Job, log=print) -> dict:
+def run(job: Stage1Job, log=print, on_iteration=None) -> dict:
     opts = job.options
-    accel, log = start_run(opts, job.seed, job.device, log)
-    student, meta, teacher = student_with_ema_teacher(job.init, job.num_classes, opts, accel)
-    bank = PrototypeBank.from_protos(torch.load(job.prototypes, map_location="cpu", weights_only=True)["protos"])
-    bank.to(accel.device)
-    optimizer = make_sgd(student, opts)
+    out = {}
 
-    src = labelled_set(job.source, job.num_classes, opts)
-    base = image_set(job.target, job.num_classes)
-    soft = SoftStore(job.soft_labels, expect_keys=base.keys, expect_classes=job.num_classes)
-    strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"])
-    tgt = TargetViews(base, weak_view(opts), strong, soft_store=soft, label_stride=opts["label_stride"])
+    def build(accel: Accel, log) -> Training:
+        student, meta, teacher = student_with_ema_teacher(job.init, job.num_classes, opts, accel)
+        out["meta"] = dict(meta, stage="proda_stage1", iterations=opts["iterations"])
+        protos = torch.load(job.prototypes, map_location="cpu", weights_only=True)["protos"]
+        bank = PrototypeBank.from_protos(protos)
+        bank.to(accel.device)
+        optimizer = make_sgd(student, opts)
 
-    state = RollingState(Path(job.workdir) / "resume.pt", opts["checkpoint_every"],
-                         fingerprint(dataclasses.asdict(job) | {"workdir": None, "num_workers": None, "device": None}))
-    parts = {"model": student, "teacher": teacher, "prototypes": bank, "optimizer": optimizer}
-    start = restore(state, parts, log)
-    D.broadcast_module(student, teacher.module)
-    D.broadcast_tensor(bank.protos)
-    accel.compiled(student, teacher.module)
+        src = labelled_set(job.source, job.num_classes, opts)
+        base = image_set(job.target, job.num_classes)
+        soft = SoftStore(job.soft_labels, expect_keys=base.keys, expect_classes=job.num_classes)
+        strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"])
+        tgt = TargetViews(base, weak_view(opts), strong, soft_store=soft, label_stride=opts["label_stride"])
 
-    src_iter, tgt_iter = source_target_batches(src, tgt, opts, job.seed, start, accel, job.num_workers)
-    total, horizon, progress = begin_training(student, opts, start, log)
-    for it in range(start, total):
-        set_lr(optimizer, poly_factor(it, horizon, opts["poly_power"]))
-        logs = train_step(student, teacher, bank, optimizer, accel.batch(next(src_iter)),
-                          accel.batch(next(tgt_iter)), opts, accel, job.num_classes)
-        done = it + 1
-        progress(done, optimizer.param_groups[0]["lr"], logs)
-        if state.due(done) and done < total:
-            snapshot(state, done, parts)
+        def step(batch):
+            s, t = batch
+            return train_step(student, teacher, bank, optimizer, accel.batch(s), accel.batch(t), opts, accel,
+                              job.num_classes)
 
-    meta = dict(meta, stage="proda_stage1", iterations=total)
-    D.assert_same(student, teacher.module, bank.protos, what="student / EMA teacher / prototypes")
-    if D.is_main():
-        save_model(job.out, student, meta)
-        state.clear()
-    return meta
+        return Training(
+            model=student, parts={"model": student, "teacher": teacher, "prototypes": bank, "optimizer": optimizer},
+            optimizers=[optimizer], step=step,
+            batches=lambda start: zip(*source_target_batches(src, tgt, opts, job.seed, start, accel, job.num_workers)),
+            save=lambda _: save_model(job.out, student, out["meta"]),
+            broadcast=lambda: (student, teacher.module, bank.protos), compile=(student, teacher.module),
+            same=lambda: (student, teacher.module, bank.protos))
+
+    run_training(build, options=opts, seed=job.seed, workdir=job.workdir, settings=job_settings(job),
+                 device=job.device, log=log, on_iteration=on_iteration)
+    return out["meta"]

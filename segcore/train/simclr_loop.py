@@ -2,7 +2,7 @@
 
 ProDA stages 2 and 3 start the student from SimCLRv2 ResNet-101 weights (a file in
 torchvision key names, read as ``torch.load(path)["state_dict"]``, plus ``bn_pretrain``;
-reference/proda_cpsl.md 1.3, 2.4). When no such file is configured (the CPU demo), this loop
+docs/methods/proda.md). When no such file is configured (the CPU demo), this loop
 makes one: it trains conv1 .. layer4 + ``bn_pretrain`` of a ``build_deeplabv2(num_classes,
 arch, bn_clr=True)`` model with the NT-Xent loss on two SimCLR views of the target (and
 source) images, and writes
@@ -50,8 +50,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import time
-from pathlib import Path
 
 import torch
 
@@ -60,9 +58,8 @@ from ..data.datasets import SegmentationDataset, infinite_loader
 from ..methods.simclr import Backbone, SimCLRAugment, SimCLRNet, nt_xent
 from ..models.deeplabv2 import build_deeplabv2
 from . import distributed as D
-from .common import start_run
-from .resume import RollingState, fingerprint
-from .rng import get_rng_state, set_rng_state
+from .common import job_settings
+from .runner import Training, run_training
 
 DEFAULT_OPTIONS: dict = {
     "iterations": 300,
@@ -187,84 +184,59 @@ def backbone_state_dict(net: SimCLRNet) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in net.backbone.state_dict().items()}
 
 
+def train_step(net, optimizer, batch: dict, opts: dict, accel) -> dict:
+    """One NT-Xent step on a batch of view pairs (on the device)."""
+    x = torch.cat([batch["view1"], batch["view2"]])
+    with accel.autocast():
+        z1, z2 = net(x).chunk(2)
+    # the global batch's projections (rank order = global order), in float32: every rank
+    # computes the single-process loss; the gather's backward sums the ranks' gradients
+    loss = nt_xent(D.all_gather_cat(z1.float()), D.all_gather_cat(z2.float()), opts["temperature"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    D.average_gradients(net.parameters())
+    optimizer.step()
+    return {"nt_xent": loss.detach()}
+
+
 def run(job: SimCLRJob, log=print, on_iteration=None) -> dict:
-    """Pretrain, write ``job.out`` and return its meta. ``on_iteration(done, loss)`` is called
+    """Pretrain, write ``job.out`` and return its meta. ``on_iteration(done, logs)`` is called
     after every iteration (after the resume state of that iteration was written)."""
     opts = merged_options(job.options)
-    accel, log = start_run(opts, job.seed, job.device, log)
-    model = build_deeplabv2(job.num_classes, job.arch, bn_clr=bool(opts["bn_clr"]))
-    if opts["init"] == "kaiming":
-        kaiming_init(model)
-    net = SimCLRNet(model, hidden=opts["proj_hidden"], out_dim=opts["proj_dim"], layers=opts["proj_layers"])
-    net = accel.place(D.prepare_model(net))
-    optimizer = build_optimizer(net, opts)
-
-    fp_job = dataclasses.asdict(job) | {"options": opts, "workdir": None, "num_workers": None, "device": None}
-    state = RollingState(Path(job.workdir) / "resume.pt", opts["checkpoint_every"], fingerprint([fp_job]))
-    start, history = 0, []
-    resumed = state.load()
-    if resumed is not None:
-        net.load_state_dict(resumed["net"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        set_rng_state(resumed["rng"])
-        start = int(resumed["iteration"])
-        history = [[int(i), float(v)] for i, v in resumed["history"].tolist()]
-        log(f"resumed from {state.path} at iteration {start}")
-    D.broadcast_module(net)
-    accel.compiled(net)
-
-    data = TwoViewImages(job.images, job.num_classes, augment_from(opts))
-    batches = infinite_loader(data, opts["batch_size"], job.seed, start=start,
-                              **accel.loader_kwargs(job.num_workers))
-
     total = int(opts["iterations"])
     warmup = int(round(opts["warmup"] * total))
-    net.train()
-    window, n_window, t0 = torch.zeros((), dtype=torch.float64, device=accel.device), 0, time.time()
-    for it in range(start, total):
-        for g in optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * lr_factor(it, total, warmup)
-        batch = accel.batch(next(batches))
-        x = torch.cat([batch["view1"], batch["view2"]])
-        with accel.autocast():
-            z1, z2 = net(x).chunk(2)
-        # the global batch's projections (rank order = global order), in float32: every rank
-        # computes the single-process loss; the gather's backward sums the ranks' gradients
-        loss = nt_xent(D.all_gather_cat(z1.float()), D.all_gather_cat(z2.float()), opts["temperature"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        D.average_gradients(net.parameters())
-        optimizer.step()
-        done = it + 1
-        window += loss.detach()  # on the device: no host sync in the step
-        n_window += 1
-        if done % opts["log_every"] == 0 or done == total:
-            history.append([done, float(window) / n_window])
-            rate = (done - start) / max(time.time() - t0, 1e-9)
-            log(f"it {done}/{total} lr {optimizer.param_groups[0]['lr']:.2e} nt_xent {history[-1][1]:.4f} "
-                f"({rate:.2f} it/s)")
-            window.zero_()
-            n_window = 0
-        if state.due(done) and done < total and D.is_main():
-            state.save({"iteration": done, "net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                        "rng": get_rng_state(),
-                        "history": torch.tensor(history, dtype=torch.float64).reshape(-1, 2)})
-        if on_iteration is not None:
-            on_iteration(done, loss.item())
+    out = {}
 
-    meta = {
-        "stage": "simclr", "arch": job.arch, "num_classes": int(job.num_classes), "bn_clr": bool(opts["bn_clr"]),
-        "iterations": total, "seed": int(job.seed), "images": [dict(s) for s in job.images],
-        "num_images": len(data), "options": _plain(opts),
-        "loss_history": history,
-        "loss_first": history[0][1] if history else None, "loss_last": history[-1][1] if history else None,
-    }
-    meta = _plain(meta)
-    D.assert_same(net, what="network")
-    if D.is_main():
-        save_torch(job.out, {"state_dict": backbone_state_dict(net), "meta": meta})
-        state.clear()
-    return meta
+    def build(accel, log) -> Training:
+        model = build_deeplabv2(job.num_classes, job.arch, bn_clr=bool(opts["bn_clr"]))
+        if opts["init"] == "kaiming":
+            kaiming_init(model)
+        net = SimCLRNet(model, hidden=opts["proj_hidden"], out_dim=opts["proj_dim"], layers=opts["proj_layers"])
+        net = accel.place(D.prepare_model(net))
+        optimizer = build_optimizer(net, opts)
+        data = TwoViewImages(job.images, job.num_classes, augment_from(opts))
+        out["num_images"] = len(data)
+        return Training(
+            model=net, parts={"net": net, "optimizer": optimizer}, optimizers=[optimizer],
+            batches=lambda start: infinite_loader(data, opts["batch_size"], job.seed, start=start,
+                                                  **accel.loader_kwargs(job.num_workers)),
+            step=lambda batch: train_step(net, optimizer, accel.batch(batch), opts, accel),
+            save=lambda done: save_torch(job.out, {"state_dict": backbone_state_dict(net), "meta": meta(done)}),
+            lr_factor=lambda it: lr_factor(it, total, warmup), broadcast=(net,), compile=(net,), same=(net,))
+
+    def meta(finished) -> dict:
+        history = [[done, logs["nt_xent"]] for done, logs in finished.history]
+        return _plain({
+            "stage": "simclr", "arch": job.arch, "num_classes": int(job.num_classes), "bn_clr": bool(opts["bn_clr"]),
+            "iterations": total, "seed": int(job.seed), "images": [dict(s) for s in job.images],
+            "num_images": out["num_images"], "options": opts, "loss_history": history,
+            "loss_first": history[0][1] if history else None, "loss_last": history[-1][1] if history else None,
+        })
+
+    finished = run_training(build, options=opts, seed=job.seed, workdir=job.workdir,
+                            settings=job_settings(job) | {"options": opts}, device=job.device, log=log,
+                            on_iteration=on_iteration)
+    return meta(finished)
 
 
 def _plain(value):

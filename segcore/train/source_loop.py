@@ -12,7 +12,6 @@ writes. Mixed precision / channels_last / compile: ``common.Accel``.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 
@@ -24,9 +23,8 @@ from ..models.deeplabv2 import build_deeplabv2
 from ..models.discriminator import FCDiscriminator
 from ..models.weights import load_imagenet_backbone
 from . import distributed as D
-from .common import Accel, begin_training, make_sgd, restore, snapshot, start_run, weak_view
-from .resume import RollingState, fingerprint
-from .schedule import poly_factor, set_lr
+from .common import Accel, job_settings, make_sgd, weak_view
+from .runner import Training, run_training
 
 MODES = ("source_only", "oracle", "adversarial")
 
@@ -87,60 +85,48 @@ def train_step(model, optimizer, batch: dict, opts: dict, accel: Accel, disc=Non
     return logs
 
 
-def run(job: SupervisedJob, log=print) -> dict:
+def run(job: SupervisedJob, log=print, on_iteration=None) -> dict:
     if job.mode not in MODES:
         raise ValueError(f"unknown training mode '{job.mode}' (known: {', '.join(MODES)})")
     opts = job.options
-    accel, log = start_run(opts, job.seed, job.device, log)
-    model = build_deeplabv2(job.num_classes, job.arch)
-    init = "random"
-    if job.imagenet_weights:
-        load_imagenet_backbone(model, job.imagenet_weights)
-        init = "imagenet"
-    model = accel.place(D.prepare_model(model))
-    optimizer = make_sgd(model, opts)
     adversarial = job.mode == "adversarial"
-    if adversarial:
-        disc = accel.place(FCDiscriminator(job.num_classes))
-        d_opt = torch.optim.Adam(disc.parameters(), lr=opts["disc_lr"], betas=tuple(opts["disc_betas"]))
-        for g in d_opt.param_groups:
-            g["initial_lr"] = g["lr"]
-
-    state = RollingState(Path(job.workdir) / "resume.pt", opts["checkpoint_every"],
-                         fingerprint([dataclasses.asdict(job) | {"workdir": None, "num_workers": None,
-                                                                 "device": None}]))
-    parts = {"model": model, "optimizer": optimizer}
-    if adversarial:
-        parts |= {"disc": disc, "d_opt": d_opt}
-    start = restore(state, parts, log)
-    D.broadcast_module(model, *([disc] if adversarial else []))
-    accel.compiled(model, *([disc] if adversarial else []))
-
-    labelled = _loader(job.labelled, job.num_classes, opts, job.seed, start, True, job.num_workers, accel)
-    if adversarial:
-        unlabelled = _loader(job.unlabelled, job.num_classes, opts, job.seed + 1, start, False, job.num_workers,
-                             accel)
-
-    total, horizon, progress = begin_training(model, opts, start, log)
-    for it in range(start, total):
-        factor = poly_factor(it, horizon, opts["poly_power"])
-        set_lr(optimizer, factor)
-        if adversarial:
-            set_lr(d_opt, factor)
-        batch = accel.batch(next(labelled))
-        tgt = accel.batch(next(unlabelled))["image"] if adversarial else None
-        logs = train_step(model, optimizer, batch, opts, accel, disc=disc if adversarial else None,
-                          d_opt=d_opt if adversarial else None, target_images=tgt)
-        done = it + 1
-        progress(done, optimizer.param_groups[0]["lr"], logs)
-        if state.due(done) and done < total:
-            snapshot(state, done, parts)
-
     meta = {"arch": job.arch, "num_classes": job.num_classes, "bn_clr": False,
-            "classes": list(class_names(job.num_classes)), "stage": job.mode, "init": init,
-            "iterations": total}
-    D.assert_same(model, *([disc] if adversarial else []), what="model / discriminator")
-    if D.is_main():
-        save_model(job.out, model, meta)
-        state.clear()
+            "classes": list(class_names(job.num_classes)), "stage": job.mode,
+            "init": "imagenet" if job.imagenet_weights else "random", "iterations": opts["iterations"]}
+
+    def build(accel: Accel, log) -> Training:
+        model = build_deeplabv2(job.num_classes, job.arch)
+        if job.imagenet_weights:
+            load_imagenet_backbone(model, job.imagenet_weights)
+        model = accel.place(D.prepare_model(model))
+        optimizer = make_sgd(model, opts)
+        parts, nets, disc, d_opt = {"model": model, "optimizer": optimizer}, [model], None, None
+        if adversarial:
+            disc = accel.place(FCDiscriminator(job.num_classes))
+            d_opt = torch.optim.Adam(disc.parameters(), lr=opts["disc_lr"], betas=tuple(opts["disc_betas"]))
+            for g in d_opt.param_groups:
+                g["initial_lr"] = g["lr"]
+            parts |= {"disc": disc, "d_opt": d_opt}
+            nets.append(disc)
+
+        def batches(start):
+            labelled = _loader(job.labelled, job.num_classes, opts, job.seed, start, True, job.num_workers, accel)
+            if not adversarial:
+                return ((b, None) for b in labelled)
+            unlabelled = _loader(job.unlabelled, job.num_classes, opts, job.seed + 1, start, False,
+                                 job.num_workers, accel)
+            return zip(labelled, unlabelled)
+
+        def step(batch):
+            labelled, unlabelled = batch
+            tgt = accel.batch(unlabelled)["image"] if adversarial else None
+            return train_step(model, optimizer, accel.batch(labelled), opts, accel, disc=disc, d_opt=d_opt,
+                              target_images=tgt)
+
+        return Training(model=model, parts=parts, optimizers=[optimizer] + ([d_opt] if adversarial else []),
+                        batches=batches, step=step, save=lambda _: save_model(job.out, model, meta),
+                        broadcast=tuple(nets), compile=tuple(nets), same=tuple(nets))
+
+    run_training(build, options=opts, seed=job.seed, workdir=job.workdir, settings=job_settings(job),
+                 device=job.device, log=log, on_iteration=on_iteration)
     return meta

@@ -1,0 +1,108 @@
+"""DDB's data: the source and target crops of its pipelines, and the multi-source union.
+
+* Source (mmseg pipeline of the official configs): resize keeping the aspect to the source
+  width (1280; GTA5 1914x1052 -> 1280x703), a random 512x512 crop that retries (up to 10 times)
+  while one class covers more than ``cat_max_ratio`` (0.75) of the crop's labelled pixels,
+  flip with p 0.5. Target: resize to the target width (1024), random 512x512 crop, flip.
+  Images stay in [0, 1]; the network normalises them itself.
+* ``UnionSet``: several converted labelled sets drawn as one, as the official multi-source
+  ``ConcatDataset`` (item i of the union is item i of the concatenation; the loader's shuffle
+  makes every draw uniform over the union of the images).
+"""
+from __future__ import annotations
+
+import bisect
+
+import torch
+
+from ...data.classes import IGNORE_INDEX
+from ...data.datasets import SegmentationDataset
+from ...data.transforms import WeakView, apply_view
+
+MAX_CROP_TRIES = 10
+
+
+class CatMaxRatioView(WeakView):
+    """``WeakView`` whose crop is redrawn (at most 10 times) while one class holds more than
+    ``cat_max_ratio`` of the crop's labelled pixels (mmseg's ``RandomCrop(cat_max_ratio)``;
+    the last draw is kept). ``cat_max_ratio >= 1`` is a plain ``WeakView``."""
+
+    def __init__(self, *args, cat_max_ratio: float = 0.75, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cat_max_ratio = float(cat_max_ratio)
+
+    def sample_for(self, image, label, generator):
+        params = self.sample(image.shape[-2], image.shape[-1], generator)
+        if label is None or self.cat_max_ratio >= 1:
+            return params
+        for _ in range(MAX_CROP_TRIES - 1):
+            crop = apply_view(label, params, "nearest")
+            counts = torch.bincount(crop[crop != IGNORE_INDEX].flatten(), minlength=1)
+            if counts.numel() > 1 and counts.max() < self.cat_max_ratio * counts.sum():
+                break
+            params = self.sample(image.shape[-2], image.shape[-1], generator)
+        return params
+
+    def __call__(self, image, label=None, generator=None):
+        import torch.nn.functional as F
+
+        from ...data.transforms import _crop_flip
+
+        params = self.sample_for(image, label, generator)
+        h, w = (int(v) for v in params["size"])
+        resized = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+        out = _crop_flip(resized, params, fill=0.0)
+        if label is not None:
+            label = apply_view(label, params, "nearest")
+        return out, label, params
+
+
+def ddb_view(base_width: int, crop, flip: float, cat_max_ratio: float = 1.0) -> WeakView:
+    """Resize to ``base_width`` keeping the aspect (no random scale), crop, flip."""
+    return CatMaxRatioView(base_width=base_width, crop=tuple(crop), scale_range=(1.0, 1.0), flip_p=flip,
+                           cat_max_ratio=cat_max_ratio)
+
+
+class UnionSet(torch.utils.data.Dataset):
+    """The concatenation of several datasets that take ``(index, view_seed)`` items."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        if not self.parts:
+            raise ValueError("UnionSet needs at least one dataset")
+        self.offsets = []
+        total = 0
+        for p in self.parts:
+            total += len(p)
+            self.offsets.append(total)
+        self.keys = [k for p in self.parts for k in getattr(p, "keys", [])]
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, item):
+        index, seed = (item if isinstance(item, (tuple, list)) else (item, None))
+        index = int(index) % len(self)
+        part = bisect.bisect_right(self.offsets, index)
+        local = index - (self.offsets[part - 1] if part else 0)
+        sample = self.parts[part][(local, seed) if seed is not None else local]
+        sample["index"] = index
+        return sample
+
+
+def labelled_sets(specs, num_classes: int, view: WeakView):
+    """One spec ({"manifest", "split", "resize"}) or a list of them (multi-source: their union)."""
+    if isinstance(specs, dict):
+        specs = [specs]
+    sets = [SegmentationDataset(s["manifest"], s["split"], num_classes, resize=s.get("resize"), transform=view)
+            for s in specs]
+    return sets[0] if len(sets) == 1 else UnionSet(sets)
+
+
+def image_crops(spec: dict, num_classes: int, view: WeakView) -> SegmentationDataset:
+    """Target crops without labels."""
+    return SegmentationDataset(spec["manifest"], spec["split"], num_classes, resize=spec.get("resize"),
+                               transform=view, with_labels=False)
+
+
+__all__ = ["CatMaxRatioView", "ddb_view", "UnionSet", "labelled_sets", "image_crops"]
