@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-EXPANSION = 4
+from .deeplabv2 import EXPANSION, Bottleneck
+
 IMAGENET_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
 IMAGENET_STD = (58.395 / 255, 57.12 / 255, 57.375 / 255)
 
@@ -84,29 +85,6 @@ class ConvModule(nn.Module):
         return self.activate(self.bn(self.conv(x)))
 
 
-class BottleneckV1c(nn.Module):
-    """mmseg's ResNet bottleneck, style "pytorch": stride and dilation on the 3x3 ``conv2``."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * EXPANSION, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * EXPANSION)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(y + shortcut)
-
-
 class ResNetV1c(nn.Module):
     """Deep-stem ResNet at output stride 8 (see the module docstring)."""
 
@@ -125,8 +103,8 @@ class ResNetV1c(nn.Module):
             out = planes * EXPANSION
             downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
             first = dilation // 2 if dilation > 1 else dilation          # contract_dilation
-            blocks = [BottleneckV1c(inplanes, planes, stride, first, downsample)]
-            blocks += [BottleneckV1c(out, planes, 1, dilation) for _ in range(1, spec.layers[i])]
+            blocks = [Bottleneck(inplanes, planes, stride, first, downsample, stride_in_3x3=True)]
+            blocks += [Bottleneck(out, planes, 1, dilation, stride_in_3x3=True) for _ in range(1, spec.layers[i])]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             inplanes = out
 

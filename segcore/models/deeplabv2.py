@@ -78,14 +78,17 @@ ARCHS: dict[str, ArchSpec] = {
 
 
 class Bottleneck(nn.Module):
-    """ResNet bottleneck, Caffe style: the stride is on ``conv1`` (1x1), dilation on ``conv2``."""
+    """ResNet bottleneck. Caffe style (DeepLabV2): the stride is on ``conv1`` (1x1), dilation on
+    ``conv2``; ``stride_in_3x3`` (mmseg's "pytorch" style, DDB's ResNetV1c): stride and dilation
+    both on the 3x3 ``conv2``. Same layers and key names either way."""
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None):
+                 downsample: nn.Module | None = None, stride_in_3x3: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)
+        s1, s3 = (1, stride) if stride_in_3x3 else (stride, 1)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=s1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=s3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * EXPANSION, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * EXPANSION)
