@@ -14,6 +14,10 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# the description at the top of `snakemake --report report.html`
+report: "docs/report/workflow.rst"
+
+
 try:
     # the schema ships inside segcore; defaults are filled in here
     segconfig.validate(config)
@@ -43,3 +47,4 @@ rule all:
     input:
         rules.results_table.output,
         seco_quality_tables(),
+        report_targets(),

@@ -10,14 +10,18 @@ from segcore import stages
 from segcore.code_version import code_version as closure_version
 
 CHAINS = config["run_chains"]
+SEEDS = config["seeds"]
+# the rows of the results table: the declared runs, SeCo's those of seco.bases
+TABLE_RUNS = stages.table_runs(config["seco"]["bases"])
 DATASETS = sorted({d for c in config["chains"].values() for d in (c["source"], c["target"])})
 WORKDIR = config["workdir"]
 
 
 wildcard_constraints:
-    chain="|".join(config["chains"]),
+    # a chain's runs of its first seed, or chain/seed_<s> for another seed (seed_roots)
+    chain="(?:{})(?:/seed_[0-9]+)?".format("|".join(config["chains"])),
     dataset="|".join(DATASETS),
-    run="[a-z0-9_]+(/[a-z0-9_]+)*",
+    run="(?!seed_)[a-z0-9_]+(/[a-z0-9_]+)*",
     # the methods whose stages 2 and 3 the generic distillation rules write (segcore/stages.py)
     method="|".join(stages.methods_of_rule("distill_stage2")),
 
@@ -51,7 +55,21 @@ def code_version(name):
 
 
 def chain_cfg(name):
-    return config["chains"][name]
+    """The config of chain ``name`` (``{chain}``, with or without its /seed_<s> part)."""
+    return config["chains"][name.split("/", 1)[0]]
+
+
+def seed_roots(chain):
+    """The folders under results/ of ``chain``'s runs, one per seed of ``seeds``: the chain's own
+    folder for the first seed (a one-seed workflow has the plain layout), chain/seed_<s> for
+    each other seed, so adding a seed adds only its own jobs."""
+    return [chain] + [f"{chain}/seed_{s}" for s in SEEDS[1:]]
+
+
+def chain_seed(wildcards):
+    """The seed of the runs under results/{chain}/: s for chain/seed_<s>, else the first seed."""
+    _, _, folder = wildcards.chain.partition("/")
+    return int(folder.removeprefix("seed_")) if folder else SEEDS[0]
 
 
 def manifest(dataset):
@@ -88,7 +106,10 @@ def target_resize_json(wildcards):
     return json.dumps(config["datasets"][chain_cfg(wildcards.chain)["target"]]["resize"])
 
 
-num_classes = lookup(dpath="chains/{chain}/num_classes", within=config)
+def num_classes(wildcards):
+    return chain_cfg(wildcards.chain)["num_classes"]
+
+
 raw_root = lookup(dpath="datasets/{dataset}/root", within=config)
 size_mismatch = lookup(dpath="datasets/{dataset}/size_mismatch", within=config)
 
@@ -162,7 +183,7 @@ def supervised_params(stage):
         arch=config["model"]["arch"],
         imagenet=IMAGENET_FLAG,
         options=stage_options_json(stage),
-        seed=config["seed"],
+        seed=chain_seed,
         resume_dir=resume_dir(stage),
         code=code_version("train_source.py"),
     )
@@ -189,7 +210,7 @@ def distill_params(stage):
         num_classes=num_classes,
         arch=config["model"]["arch"],
         options=distill_options_json(stage),
-        seed=config["seed"],
+        seed=chain_seed,
         resume_dir=resume_dir(f"{{method}}/{stage}"),
         code=code_version("train_distill.py"),
     )
@@ -268,18 +289,24 @@ def hard_conf_thresholds(wildcards):
 
 
 def table_rows():
-    """(chain, run, method, stage) of every evaluated checkpoint with a row in the table."""
-    return [(c, run, m, s) for c in CHAINS for run, (m, s) in stages.TABLE_RUNS.items()]
+    """(chain, method, stage, metrics of each seed) of every row of the table."""
+    return [
+        (c, m, s, [f"results/{root}/eval/{run}.json" for root in seed_roots(c)])
+        for c in CHAINS
+        for run, (m, s) in TABLE_RUNS.items()
+    ]
 
 
 def table_metrics():
-    return [f"results/{c}/eval/{run}.json" for c, run, _, _ in table_rows()]
+    return [path for *_, paths in table_rows() for path in paths]
 
 
 def table_entry_args():
+    """--entry CHAIN METHOD STAGE METRICS of each row, once per seed (make_table.py averages)."""
     return " ".join(
-        "--entry {}".format(" ".join(shlex.quote(x) for x in (c, m, s, f"results/{c}/eval/{run}.json")))
-        for c, run, m, s in table_rows()
+        "--entry {}".format(" ".join(shlex.quote(x) for x in (c, m, s, path)))
+        for c, m, s, paths in table_rows()
+        for path in paths
     )
 
 
@@ -379,7 +406,8 @@ def seco_quality_flags(wildcards, input):
 
 def seco_quality_tables():
     """The SeCo quality table of each chain, when seco.bases names a base (for `rule all`)."""
-    return [f"results/{c}/seco/quality.md" for c in CHAINS] if config["seco"]["bases"] else []
+    roots = [root for c in CHAINS for root in seed_roots(c)]
+    return [f"results/{root}/seco/quality.md" for root in roots] if config["seco"]["bases"] else []
 
 
 def seco_table_notes():
@@ -388,5 +416,109 @@ def seco_table_notes():
 
     note = f"labels: {proposer_name(config['seco'])} proposer"
     return " ".join(
-        "--note " + " ".join(shlex.quote(x) for x in (c, m, s, note)) for c, _, m, s in table_rows() if m == "seco"
+        "--note " + " ".join(shlex.quote(x) for x in (c, m, s, note)) for c, m, s, _ in table_rows() if m == "seco"
     )
+
+
+# --- report (rules/report.smk) ----------------------------------------------------------
+
+
+def overlay_runs():
+    """The runs the overlays show: report.overlay_runs, else every run of the results table."""
+    return config["report"]["overlay_runs"] or list(TABLE_RUNS)
+
+
+def overlay_models(wildcards):
+    return [f"results/{wildcards.chain}/{run}/model.pt" for run in overlay_runs()]
+
+
+def overlay_run_args(wildcards):
+    """--run LABEL MODEL of each overlay run, quoted (the label is the table's method and stage)."""
+    args = []
+    for run in overlay_runs():
+        method, stage = TABLE_RUNS[run]
+        label = method if method == stage else f"{method} {stage}"
+        args.append(f"--run {shlex.quote(label)} {shlex.quote(f'results/{wildcards.chain}/{run}/model.pt')}")
+    return " ".join(args)
+
+
+def quality_plots():
+    """The pseudo-label quality plot of each quality table the workflow makes (seco_quality)."""
+    return [f"results/report/{c}/pseudo_label_quality.svg" for c in CHAINS] if config["seco"]["bases"] else []
+
+
+# rules about the workflow itself: their inputs are not walked, and they are left out of the
+# cost table and the drawn rule graph
+WORKFLOW_META_RULES = ("report_cost", "report_rulegraph")
+
+
+def _producer(path):
+    """(rule, wildcards) of the rule whose output (or log, benchmark) pattern matches ``path``,
+    the most specific match (fewest wildcard characters) when several do; None for a source file."""
+    best = None
+    for r in workflow.rules:
+        if r.name != "all" and r.is_producer(path):
+            wc = r.get_wildcards(path)
+            if best is None or sum(map(len, wc.values())) < sum(map(len, best[1].values())):
+                best = (r, wc)
+    return best
+
+
+_WORKFLOW_JOBS = {}
+
+
+def workflow_jobs():
+    """Every job that `all` needs, found as Snakemake's DAG finds them: from `all`, each input
+    file's producing rule and its wildcards, then that job's inputs (Snakemake's rule objects;
+    the only place that needs them). Returns {"benchmarks": [[rule, wildcards, tsv], ...],
+    "edges": {(from rule, to rule), ...}}; computed once per run of Snakemake."""
+    if _WORKFLOW_JOBS:
+        return _WORKFLOW_JOBS
+    seen, todo, benchmarks, edges = set(), [(workflow.get_rule("all"), {})], [], set()
+    while todo:
+        job_rule, wc = todo.pop()
+        key = (job_rule.name, tuple(sorted(wc.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        bench = job_rule.expand_benchmark(wc) if job_rule.benchmark else None
+        if bench is not None and job_rule.name not in WORKFLOW_META_RULES:
+            benchmarks.append([job_rule.name, ", ".join(f"{k}={v}" for k, v in wc.items()), str(bench)])
+        if job_rule.name in WORKFLOW_META_RULES:
+            continue
+        for path in job_rule.expand_input(wc)[0]:
+            found = _producer(str(path))
+            if found is not None:
+                if found[0].name not in WORKFLOW_META_RULES:
+                    edges.add((found[0].name, job_rule.name))
+                todo.append(found)
+    _WORKFLOW_JOBS.update(benchmarks=sorted(benchmarks, key=lambda b: b[2]), edges=edges)
+    return _WORKFLOW_JOBS
+
+
+def rule_graph():
+    """{"nodes", "edges", "highlight"} of the rules `all` needs (what `snakemake --rulegraph`
+    draws, without WORKFLOW_META_RULES); nodes in the order the rules are defined, training
+    stages highlighted."""
+    edges = workflow_jobs()["edges"]
+    used = {n for e in edges for n in e}
+    nodes = [r.name for r in workflow.rules if r.name in used]
+    training = {s.rule for m in stages.METHODS for s in m.stages} | {"simclr"}
+    return {"nodes": nodes, "edges": sorted(edges), "highlight": sorted(training & used)}
+
+
+def report_results():
+    """The report's tables and figures of results (not those about the workflow itself); the
+    cost table runs after them, so every other job has written its benchmark file by then."""
+    return [
+        *rules.report_tables.output,
+        *expand("results/report/{chain}/{kind}", chain=CHAINS, kind=("progression.svg", "per_class_iou.svg")),
+        *expand("results/report/{chain}/overlays.png", chain=CHAINS),
+        *quality_plots(),
+        *seco_quality_tables(),
+    ]
+
+
+def report_targets():
+    """Everything the report shows (inputs of `all`)."""
+    return [*report_results(), *rules.report_cost.output, *rules.report_rulegraph.output]

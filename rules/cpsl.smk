@@ -56,7 +56,7 @@ rule cpsl_stage1:
         target=target_train_spec,
         num_classes=num_classes,
         options=stage_options_json("cpsl.stage1"),
-        seed=config["seed"],
+        seed=chain_seed,
         resume_dir=resume_dir("cpsl/stage1"),
         code=code_version("train_cpsl_stage1.py"),
     shell:

@@ -36,7 +36,7 @@ rule ddb_st:
         arch=config["ddb"]["arch"],
         start=ddb_st_start_flags,
         options=ddb_st_options_json,
-        seed=config["seed"],
+        seed=chain_seed,
         resume_dir=resume_dir("ddb/r{round}_st_{path}"),
         code=code_version("train_ddb_st.py"),
     shell:
@@ -114,7 +114,7 @@ rule ddb_ckd:
         arch=config["ddb"]["arch"],
         imagenet=ddb_imagenet_flag,
         options=stage_options_json("ddb.ckd"),
-        seed=config["seed"],
+        seed=chain_seed,
         resume_dir=resume_dir("ddb/r{round}_ckd"),
         code=code_version("train_ddb_ckd.py"),
     shell:

@@ -27,7 +27,7 @@ rule proda_stage1:
         target=target_train_spec,
         num_classes=num_classes,
         options=stage_options_json("proda.stage1"),
-        seed=config["seed"],
+        seed=chain_seed,
         resume_dir=resume_dir("proda/stage1"),
         code=code_version("train_proda_stage1.py"),
     shell:

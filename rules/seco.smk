@@ -98,7 +98,7 @@ rule seco_scc:
         target=target_train_spec,
         num_classes=num_classes,
         options=json.dumps(SECO["scc"], sort_keys=True),
-        seed=config["seed"],
+        seed=chain_seed,
         resume_dir=resume_dir("seco/{base}/scc"),
         code=code_version("seco_scc.py"),
     shell:
@@ -134,7 +134,7 @@ rule seco_retrain:
         target=target_train_spec,
         num_classes=num_classes,
         options=stage_options_json("seco.retrain"),
-        seed=config["seed"],
+        seed=chain_seed,
         resume_dir=resume_dir("seco/{base}/retrain"),
         code=code_version("seco_retrain.py"),
     shell:

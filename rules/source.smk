@@ -117,7 +117,7 @@ rule simclr:
         num_classes=num_classes,
         arch=config["model"]["arch"],
         options=json.dumps(config["simclr"]["options"], sort_keys=True),
-        seed=config["seed"],
+        seed=chain_seed,
         resume_dir=resume_dir("simclr"),
         code=code_version("train_simclr.py"),
     shell:

@@ -29,7 +29,7 @@ rule uvpt_source:
         preset=uvpt_preset,
         weights=uvpt_weights_arg,
         options=uvpt_options_json("source"),
-        seed=config["seed"],
+        seed=chain_seed,
         resume_dir=resume_dir("uvpt/{backbone}/source"),
         code=code_version("train_uvpt_source.py"),
     shell:
@@ -90,7 +90,7 @@ rule uvpt_adapt:
         target=uvpt_data_spec("target"),
         num_classes=num_classes,
         options=uvpt_options_json("adapt"),
-        seed=config["seed"],
+        seed=chain_seed,
         resume_dir=resume_dir("uvpt/{backbone}/adapted"),
         code=code_version("train_uvpt_adapt.py"),
     shell:

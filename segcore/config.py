@@ -94,6 +94,8 @@ def _first_error(validator, instance, where: str = ""):
 def validate(config: dict, schema: dict | None = None) -> dict:
     """Fill in defaults and validate in place; raise ConfigError naming the first bad key."""
     schema = schema or load_schema()
+    if "seed" in config:  # the key of earlier versions: one seed, now a list of them
+        raise ConfigError(f"config key 'seed': renamed to 'seeds', a list (seeds: [{config['seed']}])")
     _first_error(_DefaultingValidator(schema), config)
     for name in config["run_chains"]:
         if name not in config["chains"]:

@@ -20,6 +20,8 @@ __all__ = [
     "METHODS",
     "TRAIN_STAGES",
     "TABLE_RUNS",
+    "table_runs",
+    "seco_stage",
     "METHOD_ORDER",
     "STAGE_ORDER",
     "BASELINE_METHODS",
@@ -116,15 +118,19 @@ UVPT = Method(
     schema="uvpt.schema.yaml",
 )
 # SeCo refines a base stage's pseudo-labels (PSA, then SCC) and re-trains on them; its row is
-# the re-trained model of the base, under results/{chain}/seco/{base with / as _}/ (seco.bases
-# chooses the bases whose sub-chains run; these are the bases with a row in the table)
-SECO_TABLE_BASES = ("proda/stage1",)
+# the re-trained model of the base, under results/{chain}/seco/{base with / as _}/. `seco.bases`
+# chooses the bases, and so SeCo's rows (table_runs); these are its default (the schema's too).
+SECO_DEFAULT_BASES = ("proda/stage1",)
+
+
+def seco_stage(base: str) -> Stage:
+    """SeCo's stage on ``base`` (a run folder such as "proda/stage1"): its row is (seco, base)."""
+    return Stage(base, run=f"seco/{base.replace('/', '_')}/retrain", rule="seco_retrain", config="seco.retrain")
+
+
 SECO = Method(
     "seco",
-    tuple(
-        Stage(base, run=f"seco/{base.replace('/', '_')}/retrain", rule="seco_retrain", config="seco.retrain")
-        for base in SECO_TABLE_BASES
-    ),
+    tuple(seco_stage(base) for base in SECO_DEFAULT_BASES),
     rule_file="rules/seco.smk",
     schema="seco.schema.yaml",
 )
@@ -148,8 +154,22 @@ _STAGES = [(m, s) for m in METHODS for s in m.stages]
 
 #: every stage with training options, by config section ("proda.stage1")
 TRAIN_STAGES: tuple[str, ...] = tuple(s.config for _, s in _STAGES if s.config is not None)
-#: rows of the results table: run folder -> (method, stage)
+#: rows of the results table under the default seco.bases: run folder -> (method, stage)
 TABLE_RUNS: dict[str, tuple[str, str]] = {s.run: (s.row_method or m.name, s.name) for m, s in _STAGES}
+
+
+def table_runs(seco_bases) -> dict[str, tuple[str, str]]:
+    """The rows of the results table of a config whose ``seco.bases`` is ``seco_bases``: the
+    declared rows, with SeCo's row of each of those bases in place of the default ones."""
+    rows = {}
+    for m, s in _STAGES:
+        if m is SECO:
+            if s is SECO.stages[0]:
+                rows.update({seco_stage(b).run: ("seco", b) for b in seco_bases})
+            continue
+        rows[s.run] = (s.row_method or m.name, s.name)
+    return rows
+
 METHOD_ORDER: list[str] = _unique(method for method, _ in TABLE_RUNS.values())
 STAGE_ORDER: list[str] = _unique(stage for _, stage in TABLE_RUNS.values())
 #: table methods without published numbers

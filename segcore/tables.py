@@ -46,6 +46,9 @@ COLUMNS = [
     "metric",
     "mIoU",
     "mIoU13",
+    "mIoU_std",
+    "mIoU13_std",
+    "seeds",
     "best_on_val_mIoU",
     "best_on_val_mIoU13",
     "published",
@@ -83,6 +86,30 @@ def _load_metrics(path) -> dict:
     return m
 
 
+def _seed_metrics(paths) -> list[dict]:
+    """The metrics of one row, one file per seed, all with the same class count."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise ValueError("a table entry without a metrics file")
+    if len(set(map(str, paths))) != len(paths):
+        raise ValueError(f"{paths[0]}: the same metrics file twice in one row")
+    ms = [_load_metrics(p) for p in paths]
+    for p, m in zip(paths[1:], ms[1:]):
+        if m["num_classes"] != ms[0]["num_classes"]:
+            raise ValueError(f"{p}: {m['num_classes']} classes, the row's first seed {ms[0]['num_classes']}")
+    return ms
+
+
+def _mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (NaN for one value) of the defined values."""
+    v = [x for x in map(_num, values) if not math.isnan(x)]
+    if not v:
+        return math.nan, math.nan
+    mean = sum(v) / len(v)
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else math.nan
+    return mean, std
+
+
 def _lookup(published: pd.DataFrame | None, method, stage, chain, metric):
     """(value, source) of the preferred published row, or (nan, None)."""
     if published is None:
@@ -112,7 +139,8 @@ def results_table(entries: list[dict], published_csv=None) -> pd.DataFrame:
     """One row per (chain, method, stage), columns :data:`COLUMNS`, in table order.
 
     ``entries``: dicts with ``chain``, ``method``, ``stage``, ``metrics`` (path of a
-    summarize() JSON), optional ``metrics_best`` (same, for the checkpoint selected on the
+    summarize() JSON, or a list of them: one per seed, averaged, with the sample std and the
+    count in ``*_std`` and ``seeds``), optional ``metrics_best`` (same, for the checkpoint selected on the
     evaluation set) and optional ``note``. Scores are in percent; NaN where undefined.
     """
     published = load_published(published_csv) if published_csv is not None else None
@@ -122,7 +150,8 @@ def results_table(entries: list[dict], published_csv=None) -> pd.DataFrame:
         if (chain, method, stage) in seen:
             raise ValueError(f"duplicate table entry {(chain, method, stage)}")
         seen.add((chain, method, stage))
-        m = _load_metrics(e["metrics"])
+        seeds = _seed_metrics(e["metrics"])
+        m = seeds[0]
         n = m["num_classes"]
         expected = CHAIN_NUM_CLASSES.get(chain)
         if expected is not None and expected != n:
@@ -130,18 +159,19 @@ def results_table(entries: list[dict], published_csv=None) -> pd.DataFrame:
         metric = f"mIoU{n}"
         row = dict.fromkeys(COLUMNS, math.nan)
         row.update(chain=chain, method=method, stage=stage, metric=metric, published_source=None)
-        row["mIoU"] = _num(m[metric])
-        row["mIoU13"] = _num(m.get("mIoU13"))
+        row["mIoU"], row["mIoU_std"] = _mean_std(x[metric] for x in seeds)
+        row["mIoU13"], row["mIoU13_std"] = _mean_std(x.get("mIoU13") for x in seeds)
+        row["seeds"] = len(seeds)
         if e.get("metrics_best") is not None:
             b = _load_metrics(e["metrics_best"])
             if b["num_classes"] != n:
                 raise ValueError(f"{e['metrics_best']}: class count differs from {e['metrics']}")
             row["best_on_val_mIoU"] = _num(b[metric])
             row["best_on_val_mIoU13"] = _num(b.get("mIoU13"))
-        for name, v in m["iou"].items():
+        for name in m["iou"]:
             if f"iou_{name}" not in row:
                 raise ValueError(f"{e['metrics']}: unknown class {name!r}")
-            row[f"iou_{name}"] = _num(v)
+            row[f"iou_{name}"] = _mean_std(x["iou"].get(name) for x in seeds)[0]
         if method not in BASELINE_METHODS:
             value, source = _lookup(published, method, stage, chain, metric)
             value13, source13 = (math.nan, None)
@@ -163,7 +193,15 @@ def results_table(entries: list[dict], published_csv=None) -> pd.DataFrame:
 
 
 def _markdown(df: pd.DataFrame) -> str:
+    """1 decimal; over several seeds mIoU (and mIoU13) read "mean ± std (n=seeds)" and the std
+    columns are left out."""
     shown, align = df.copy(), []
+    for col in ("mIoU", "mIoU13"):
+        shown[col] = [
+            "" if pd.isna(v) else f"{v:.1f} ± {sd:.1f} (n={n})" if n > 1 else f"{v:.1f}"
+            for v, sd, n in zip(df[col], df[f"{col}_std"], df["seeds"])
+        ]
+    shown = shown.drop(columns=["mIoU_std", "mIoU13_std", "seeds"])
     for col in shown.columns:
         if pd.api.types.is_numeric_dtype(shown[col]):
             shown[col] = [("" if pd.isna(v) else f"{v:.1f}") for v in shown[col]]

@@ -436,6 +436,10 @@ def case_config_unknown_key(tmp_path, good):
     return dry_run(tmp_path, trian={"lr": 0.1}), ["'<top level>'", "trian"], "Additional properties are not allowed"
 
 
+def case_config_seed_renamed(tmp_path, good):
+    return dry_run(tmp_path, seed=1337), ["'seed'", "seeds: [1337]"], "renamed to 'seeds'"
+
+
 def case_config_unknown_chain(tmp_path, good):
     return (dry_run(tmp_path, run_chains=["gta5_to_mapillary"]), ["'run_chains'", "gta5_to_mapillary"],
             "unknown chain")

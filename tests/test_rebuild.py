@@ -1,11 +1,11 @@
 """Only what is stale is rebuilt (README "Rebuilding only what is stale"), on the tiny config
 after one full run, and an interrupted pseudo-label write is never taken as complete.
 
-The workflow runs from a copy of this repository's workflow files (Snakefile, rules, scripts,
-segcore sources, configs, profiles, envs) so that the code-change tests can edit a source file
-of the copy: the scripts still import the installed segcore, but the planning hashes the import
-closure of each rule's entry script under the Snakefile's folder (``code_version`` in
-rules/common.smk, segcore/code_version.py), which is what is checked here.
+The session's tiny run (conftest.py) runs from a copy of this repository's workflow files
+(Snakefile, rules, scripts, segcore sources, configs, profiles, envs) so that the code-change
+tests can edit a source file of the copy: the scripts still import the installed segcore, but
+the planning hashes the import closure of each rule's entry script under the Snakefile's folder
+(``code_version`` in rules/common.smk, segcore/code_version.py), which is what is checked here.
 """
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ import pytest
 
 from segcore import stages
 from segcore.pseudo.store import HardStore, SoftStore
-from workflow_helpers import ROOT, planned_jobs, snakemake, tiny_config, write_config
+from workflow_helpers import copy_workdir, planned_jobs, snakemake, tiny_config, write_config
 
-COPIED = ("Snakefile", "rules", "workflow_scripts", "segcore", "configs", "profiles", "envs")
 CHAINS = ("gta5_to_cityscapes", "synthia_to_cityscapes")
 
 
 def run_snakemake(repo: Path, workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """`snakemake` of ``repo``'s Snakefile in ``workdir`` (2 cores unless ``args`` say otherwise)."""
     return snakemake(workdir, *args, timeout=timeout, snakefile=repo / "Snakefile")
+
 
 def planned_outputs(output: str) -> list[str]:
     """The output paths of the jobs of a dry run (``output: a, b`` lines of each job)."""
@@ -39,23 +39,10 @@ def planned_outputs(output: str) -> list[str]:
     return paths
 
 
-@pytest.fixture(scope="module")
-def wf(tmp_path_factory):
-    base = tmp_path_factory.mktemp("rebuild")
-    repo = base / "repo"
-    repo.mkdir()
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, repo / name)
-    work = base / "work dir"
-    work.mkdir()
-    write_config(work, tiny_config())
-    proc = run_snakemake(repo, work, timeout=1800)  # a shared, loaded machine can take minutes
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return repo, work
+@pytest.fixture
+def wf(tiny_workflow):
+    """(workflow copy, working directory) of the session's tiny run (conftest.py)."""
+    return tiny_workflow.repo, tiny_workflow.work
 
 
 @pytest.fixture
@@ -79,7 +66,9 @@ def test_stage1_parameter_reruns_stage1_and_downstream_in_both_chains(wf, restor
     # and its quality tables, their evaluations, the table
     assert planned_jobs(out) == {"proda_stage1": 2, "hard_labels": 4, "distill_stage2": 2, "distill_stage3": 2,
                                  "seco_base_labels": 2, "seco_psa": 2, "seco_scc": 2, "seco_retrain": 2,
-                                 "seco_quality": 2, "evaluate": 8, "results_table": 1, "all": 1}
+                                 "seco_quality": 2, "evaluate": 8, "results_table": 1, "all": 1,
+                                 "report_tables": 1, "report_plots": 2, "report_overlays": 2, "report_quality": 2,
+                                 "report_cost": 1}
     outputs = planned_outputs(out)
     for chain in CHAINS:
         assert f"results/{chain}/proda/stage1/model.pt" in outputs
@@ -102,9 +91,14 @@ def test_synthia_converter_parameter_reruns_only_the_synthia_chain(wf, restore_c
                                  "uvpt_source": 2, "uvpt_pseudo_labels": 2, "uvpt_adapt": 2,
                                  "seco_base_labels": 1, "seco_psa": 1, "seco_scc": 1, "seco_retrain": 1,
                                  "seco_quality": 1,
-                                 "evaluate": len(stages.TABLE_RUNS) - 1, "results_table": 1, "all": 1}
+                                 "evaluate": len(stages.TABLE_RUNS) - 1, "results_table": 1, "all": 1,
+                                 "report_tables": 1, "report_plots": 2, "report_overlays": 1, "report_quality": 1,
+                                 "report_cost": 1}
     outputs = planned_outputs(out)
     assert "results/data/synthia/manifest.csv" in outputs
+    # the report's per-chain plots read the whole results table: the GTA5 chain's are redrawn too
+    redrawn = {f"results/report/gta5_to_cityscapes/{n}.svg" for n in ("progression", "per_class_iou")}
+    outputs = [p for p in outputs if p not in redrawn]
     assert not any("gta5" in p or "data/cityscapes" in p or "oracle" in p for p in outputs), outputs
 
 
@@ -127,7 +121,8 @@ def test_code_change_reruns_the_stages_running_that_code(wf):
         source.write_bytes(original)
     # ProDA's and CPSL's stages 2 and 3 (the same distillation code) in both chains
     assert planned_jobs(out) == {"distill_stage2": 4, "hard_labels": 4, "distill_stage3": 4, "evaluate": 8,
-                                 "results_table": 1, "all": 1}
+                                 "results_table": 1, "all": 1,
+                                 "report_tables": 1, "report_plots": 2, "report_overlays": 2, "report_cost": 1}
     assert "Nothing to be done" in dry_run(wf)  # restored source: up to date again
 
 
@@ -145,14 +140,16 @@ def dry_run_after_edit(wf, rel):
 def test_editing_a_module_evaluation_imports_indirectly_reruns_every_evaluation(wf):
     # workflow_scripts/evaluate.py -> segcore/evaluate.py -> segcore/metrics.py; no training imports it
     out = dry_run_after_edit(wf, "segcore/metrics.py")
-    assert planned_jobs(out) == {"evaluate": len(CHAINS) * len(stages.TABLE_RUNS), "results_table": 1, "all": 1}
+    assert planned_jobs(out) == {"evaluate": len(CHAINS) * len(stages.TABLE_RUNS), "results_table": 1, "all": 1,
+                                 "report_tables": 1, "report_plots": 2, "report_cost": 1}
 
 
 def test_editing_a_module_a_stage_does_not_import_leaves_it_up_to_date(wf):
     # only CPSL stage 1 imports the CPSL module: ProDA's stages and everything upstream stay
     out = dry_run_after_edit(wf, "segcore/methods/cpsl.py")
     assert planned_jobs(out) == {"cpsl_stage1": 2, "hard_labels": 4, "distill_stage2": 2, "distill_stage3": 2,
-                                 "evaluate": 6, "results_table": 1, "all": 1}
+                                 "evaluate": 6, "results_table": 1, "all": 1,
+                                 "report_tables": 1, "report_plots": 2, "report_overlays": 2, "report_cost": 1}
     assert not any("/proda/" in p or "warmup/" in p for p in planned_outputs(out)), planned_outputs(out)
     assert "Nothing to be done" in dry_run(wf)
 
@@ -196,7 +193,9 @@ def test_store_refuses_truncated_or_unfinished_file(wf, tmp_path, kind):
 def test_interrupted_pseudo_label_write_is_regenerated(wf):
     """A write killed mid-way leaves only its temporary file (the final name is created by a
     rename at the end): asking for the store again regenerates it, complete."""
-    _, work = wf
+    repo, shared = wf
+    work = copy_workdir(shared, shared.parent / "interrupted write")  # the shared run stays as it is
+    wf = (repo, work)
     rel = "results/synthia_to_cityscapes/proda/stage1/hard_labels.h5"
     target = work / rel
     target.unlink()

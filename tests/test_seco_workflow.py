@@ -52,12 +52,16 @@ def test_each_base_adds_its_whole_sub_chain_and_no_base_removes_them(two_bases):
         assert "--hard proda/stage2=results/gta5_to_cityscapes/proda/stage2/hard_labels.h5" in out
 
 
-def test_the_table_row_retrains_the_base_on_its_scc_labels(two_bases):
+def test_each_base_has_a_table_row_retrained_on_its_scc_labels(two_bases):
     _, planned, out = two_bases
-    assert planned["seco_retrain"] == 2  # the declared row (segcore/stages.py), per chain
+    assert planned["seco_retrain"] == 4  # per chain and base
+    table_job = out.split("rule results_table:", 1)[1].split("\n\n", 1)[0]
     for chain in CHAINS:
-        assert (f"--init results/{chain}/proda/stage1/model.pt"
-                f" --refined results/{chain}/seco/proda_stage1/scc_labels.h5") in out
+        for base in ("proda/stage1", "cpsl/stage1"):
+            folder = base.replace("/", "_")
+            assert (f"--init results/{chain}/{base}/model.pt"
+                    f" --refined results/{chain}/seco/{folder}/scc_labels.h5") in out
+            assert f"--entry {chain} seco {base} results/{chain}/eval/seco/{folder}/retrain.json" in table_job
         assert f"results/{chain}/eval/seco/proda_stage1/retrain.json" in out
     # the base's labels keep their float16 confidence (SeCo ranks it), whatever the next stage's threshold
     assert re.search(r"--kind hard --model results/\w+/proda/stage1/model.pt .* --conf-thresholds '' "

@@ -60,3 +60,16 @@ def test_declared_rules_and_rule_files_exist():
     listed = set(proc.stdout.split())
     declared = {s.rule for m in stages.METHODS for s in m.stages}
     assert declared <= listed, declared - listed
+
+
+def test_seco_rows_follow_seco_bases_and_the_default_is_the_schema_default():
+    assert list(C.validate({})["seco"]["bases"]) == list(stages.SECO_DEFAULT_BASES)
+    assert stages.table_runs(stages.SECO_DEFAULT_BASES) == stages.TABLE_RUNS
+    rows = stages.table_runs(["cpsl/stage1", "ddb/r2_ckd"])
+    seco = {run: row for run, row in rows.items() if row[0] == "seco"}
+    assert seco == {"seco/cpsl_stage1/retrain": ("seco", "cpsl/stage1"),
+                    "seco/ddb_r2_ckd/retrain": ("seco", "ddb/r2_ckd")}
+    assert list(rows)[-1] == "oracle"  # SeCo's rows in its place, before the oracle
+    assert not any(row[0] == "seco" for row in stages.table_runs([]).values())
+    others = {r: v for r, v in stages.TABLE_RUNS.items() if v[0] != "seco"}
+    assert {r: v for r, v in rows.items() if v[0] != "seco"} == others

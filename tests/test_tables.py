@@ -227,3 +227,51 @@ def test_cli_missing_metrics_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(missing) in err
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_several_seeds_give_mean_std_and_count(tmp_path):
+    paths = [tmp_path / f"seed{i}.json" for i in range(3)]
+    seeds = [_metrics(p, 16, 10 + i) for i, p in enumerate(paths)]
+    row = results_table([{"chain": "synthia_to_cityscapes", "method": "proda", "stage": "stage1",
+                          "metrics": [str(p) for p in paths]}]).iloc[0]
+    for key, col in (("mIoU16", "mIoU"), ("mIoU13", "mIoU13")):
+        values = np.array([s[key] for s in seeds])
+        assert row[col] == pytest.approx(values.mean())
+        assert row[f"{col}_std"] == pytest.approx(values.std(ddof=1))
+    assert row["seeds"] == 3
+    assert row["iou_road"] == pytest.approx(np.mean([s["iou"]["road"] for s in seeds]))
+    assert math.isnan(row["iou_terrain"])  # not a class of the 16-class protocol, in no seed
+
+    one = results_table([{"chain": "synthia_to_cityscapes", "method": "proda", "stage": "stage1",
+                          "metrics": str(paths[0])}]).iloc[0]
+    assert one["seeds"] == 1 and math.isnan(one["mIoU_std"]) and one["mIoU"] == seeds[0]["mIoU16"]
+
+    out_md = tmp_path / "t.md"
+    write_tables(results_table([{"chain": "synthia_to_cityscapes", "method": "proda", "stage": "stage1",
+                                 "metrics": [str(p) for p in paths]}]), tmp_path / "t.csv", out_md)
+    header, _, cells = (line.strip("|").split("|") for line in out_md.read_text().strip().splitlines())
+    shown = dict(zip((c.strip() for c in header), (c.strip() for c in cells)))
+    assert shown["mIoU"] == f"{row['mIoU']:.1f} ± {row['mIoU_std']:.1f} (n=3)"
+    assert "mIoU_std" not in shown and "seeds" not in shown
+
+
+def test_seeds_of_a_row_must_agree_and_differ(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    _metrics(a, 19, 1)
+    _metrics(b, 16, 2)
+    with pytest.raises(ValueError, match="b.json: 16 classes"):
+        results_table([{"chain": "gta5_to_cityscapes", "method": "proda", "stage": "stage1",
+                        "metrics": [str(a), str(b)]}])
+    with pytest.raises(ValueError, match="a.json: the same metrics file twice"):
+        results_table([{"chain": "gta5_to_cityscapes", "method": "proda", "stage": "stage1",
+                        "metrics": [str(a), str(a)]}])
+
+
+def test_cli_repeated_entry_adds_a_seed(tmp_path):
+    paths = [tmp_path / f"s{i}.json" for i in range(2)]
+    seeds = [_metrics(p, 19, i) for i, p in enumerate(paths)]
+    argv = [a for p in paths for a in ("--entry", "gta5_to_cityscapes", "proda", "stage1", str(p))]
+    assert _cli().main(argv + ["--out-csv", str(tmp_path / "t.csv"), "--out-md", str(tmp_path / "t.md")]) == 0
+    df = pd.read_csv(tmp_path / "t.csv")
+    assert len(df) == 1 and df.loc[0, "seeds"] == 2
+    assert df.loc[0, "mIoU"] == pytest.approx((seeds[0]["mIoU19"] + seeds[1]["mIoU19"]) / 2)

@@ -2,12 +2,13 @@
 right, and a second run has nothing to do."""
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
 
 from segcore.data.classes import CLASSES19
-from workflow_helpers import planned_with_config, snakemake, tiny_config, write_config
+from workflow_helpers import copy_workdir, planned_with_config, tiny_config, write_config
 
 RUNS = {("source_only", "source_only"): "source_only", ("proda", "warmup"): "warmup",
         ("proda", "stage1"): "proda/stage1", ("proda", "stage2"): "proda/stage2",
@@ -19,13 +20,14 @@ RUNS = {("source_only", "source_only"): "source_only", ("proda", "warmup"): "war
 CHAINS = ("gta5_to_cityscapes", "synthia_to_cityscapes")
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("wf with space")  # paths with spaces must survive the shell
-    write_config(work, tiny_config())
-    proc = snakemake(work)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return work
+@pytest.fixture
+def tiny_run(tiny_workflow):
+    """The working directory of the session's tiny run (conftest.py)."""
+    return tiny_workflow.work
+
+
+def planned(tiny_workflow, cfg):
+    return planned_with_config(tiny_workflow.work, cfg, snakefile=tiny_workflow.repo / "Snakefile")
 
 
 def test_table_has_every_row_with_values_from_the_metrics(tiny_run):
@@ -78,28 +80,30 @@ def test_artifacts_in_declared_layout_and_nothing_half_written(tiny_run):
     assert not list((tiny_run / "work").rglob("resume.pt"))  # rolling state is removed once a stage is done
 
 
-def test_second_run_has_nothing_to_do(tiny_run):
-    proc = snakemake(tiny_run, "-n")
+def test_second_run_has_nothing_to_do(tiny_workflow):
+    proc = tiny_workflow.snakemake("-n")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_changing_a_stage_parameter_reruns_that_stage_and_what_follows(tiny_run):
+def test_changing_a_stage_parameter_reruns_that_stage_and_what_follows(tiny_workflow):
     cfg = tiny_config()
     cfg["proda"]["stage2"]["distillation"] = 0.5
-    planned = planned_with_config(tiny_run, cfg)
+    planned_jobs = planned(tiny_workflow, cfg)
     # stage 2 of both chains, the stage-2 and stage-3 pseudo-labels, stage 3, their evaluations
-    assert planned == {"distill_stage2": 2, "hard_labels": 2, "distill_stage3": 2,
-                       "evaluate": 4, "results_table": 1, "all": 1}
+    assert planned_jobs == {"distill_stage2": 2, "hard_labels": 2, "distill_stage3": 2,
+                       "evaluate": 4, "results_table": 1, "all": 1,
+                            "report_tables": 1, "report_plots": 2, "report_overlays": 2, "report_cost": 1}
 
 
-def test_changing_a_cpsl_stage1_parameter_reruns_cpsl_only(tiny_run):
+def test_changing_a_cpsl_stage1_parameter_reruns_cpsl_only(tiny_workflow):
     cfg = tiny_config()
     cfg["cpsl"]["stage1"]["SL_lambda"] = 0.5
-    planned = planned_with_config(tiny_run, cfg)
+    planned_jobs = planned(tiny_workflow, cfg)
     # CPSL stage 1 of both chains and everything after it; ProDA and the warm-up artifacts stay
-    assert planned == {"cpsl_stage1": 2, "hard_labels": 4, "distill_stage2": 2,
-                       "distill_stage3": 2, "evaluate": 6, "results_table": 1, "all": 1}
+    assert planned_jobs == {"cpsl_stage1": 2, "hard_labels": 4, "distill_stage2": 2,
+                       "distill_stage3": 2, "evaluate": 6, "results_table": 1, "all": 1,
+                            "report_tables": 1, "report_plots": 2, "report_overlays": 2, "report_cost": 1}
 
 
 def test_class_distribution_is_the_warmup_argmax_share(tiny_run):
@@ -114,24 +118,28 @@ def test_class_distribution_is_the_warmup_argmax_share(tiny_run):
         assert sum(obj["distribution"]) == pytest.approx(1.0)
 
 
-def test_source_only_warmup_mode_reuses_the_source_only_model(tmp_path):
-    cfg = tiny_config(warmup={"mode": "source_only"}, run_chains=["gta5_to_cityscapes"])
-    write_config(tmp_path, cfg)
-    proc = snakemake(tmp_path, "results/gta5_to_cityscapes/warmup/model.pt")
+def test_source_only_warmup_mode_reuses_the_source_only_model(tiny_workflow):
+    work = copy_workdir(tiny_workflow.work, tiny_workflow.work.parent / "warmup mode")
+    write_config(work, tiny_config(warmup={"mode": "source_only"}, run_chains=["gta5_to_cityscapes"]))
+    proc = tiny_workflow._replace(work=work).snakemake("results/gta5_to_cityscapes/warmup/model.pt")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "rule warmup" in proc.stdout + proc.stderr and "train_source.py --mode adversarial" not in proc.stdout
-    chain = tmp_path / "results/gta5_to_cityscapes"
+    out = proc.stdout + proc.stderr
+    assert "rule warmup" in out and "train_source.py --mode adversarial" not in out
+    assert "rule source_only" not in out  # the source-only model of the finished run is reused
+    chain = work / "results/gta5_to_cityscapes"
     assert (chain / "warmup/model.pt").read_bytes() == (chain / "source_only/model.pt").read_bytes()
     assert not list(chain.rglob("*.tmp"))
 
 
-def test_changing_a_ddb_cu_option_reruns_only_the_cu_path_and_what_follows(tiny_run):
+def test_changing_a_ddb_cu_option_reruns_only_the_cu_path_and_what_follows(tiny_workflow):
     cfg = tiny_config()
     cfg["ddb"]["st"]["cut_area"] = 0.3
-    planned = planned_with_config(tiny_run, cfg)
+    planned_jobs = planned(tiny_workflow, cfg)
     # per chain: cu of both rounds, round 2's ca (it starts from round 1's CKD student), their
     # prototypes, both CKD students and the evaluations of all but r1_st_ca
-    assert planned == {"ddb_st": 6, "ddb_prototypes": 6, "ddb_ckd": 4, "evaluate": 10, "results_table": 1, "all": 1}
+    assert planned_jobs == {"ddb_st": 6, "ddb_prototypes": 6, "ddb_ckd": 4, "evaluate": 10,
+                            "results_table": 1, "all": 1,
+                            "report_tables": 1, "report_plots": 2, "report_overlays": 2, "report_cost": 1}
 
 
 def test_ddb_round_two_starts_from_round_one_student(tiny_run):
@@ -147,3 +155,29 @@ def test_ddb_round_two_starts_from_round_one_student(tiny_run):
             assert r2["init"] == f"results/{chain}/ddb/r1_ckd/model.pt"
         ckd = torch.load(ddb / "r2_ckd/model.pt", map_location="cpu", weights_only=True)["meta"]
         assert ckd["teachers"] == {p: f"results/{chain}/ddb/r2_st_{p}/model.pt" for p in ("cu", "ca")}
+
+
+def test_another_seed_adds_only_its_own_runs(tiny_workflow):
+    """seeds: [3, 4] after the one-seed run: every seed-dependent job again under
+    results/<chain>/seed_4/ with --seed 4, the data and the seed-3 runs untouched, and the
+    table over both seeds."""
+    write_config(tiny_workflow.work, tiny_config(seeds=[3, 4]))
+    try:
+        proc = tiny_workflow.snakemake("-n", "-p")
+    finally:
+        write_config(tiny_workflow.work, tiny_config())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    outputs = [p.strip() for line in out.splitlines() if line.strip().startswith("output:")
+               for p in line.split(":", 1)[1].split(",")]
+    per_seed = [p for p in outputs if p.startswith("results/") and "/seed_4/" in p]
+    shared = sorted(set(outputs) - set(per_seed))
+    assert all(p.startswith(("results/tables/", "results/report/")) for p in shared), shared
+    for chain in CHAINS:
+        for run in RUNS.values():
+            assert f"results/{chain}/seed_4/eval/{run}.json" in per_seed, run
+    seeds = set(re.findall(r"--seed (\d+)", out))
+    assert seeds == {"4"}, seeds
+    table_job = out.split("rule results_table:", 1)[1].split("\n\n", 1)[0]
+    assert "results/gta5_to_cityscapes/eval/source_only.json" in table_job
+    assert "results/gta5_to_cityscapes/seed_4/eval/source_only.json" in table_job

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +11,15 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+#: what a copy of the workflow needs (tests that edit a source file edit the copy's; docs/report
+#: holds the report's captions)
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "segcore", "configs", "profiles", "envs", "docs")
 
 
 def tiny_config(**overrides) -> dict:
     """A config small enough that the whole workflow (both chains, every stage) runs in about a minute."""
     cfg = {
-        "seed": 3,
+        "seeds": [3],
         "published_results": str(ROOT / "configs" / "published_results.csv"),
         "demo": {"enabled": True, "seed": 1, "shift": 1.0,
                  "gta5": {"count": 8, "size": [80, 44]}, "synthia": {"count": 8, "size": [64, 38]},
@@ -59,6 +63,29 @@ def write_config(workdir: Path, cfg: dict) -> Path:
     return path
 
 
+def copy_workflow(dest: Path) -> Path:
+    """A copy of this repository's workflow files at ``dest`` (its Snakefile is ``dest/Snakefile``)."""
+    dest.mkdir(parents=True)
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def copy_workdir(work: Path, dest: Path) -> Path:
+    """A copy of a finished working directory beside it (outputs, metadata, modification times), for
+    a test that changes what is there: the jobs' relative script paths stay valid next to the same
+    workflow copy."""
+    assert dest.parent == work.parent, "the copy must sit next to the original"
+    shutil.copytree(work, dest, symlinks=True)
+    for lock in (dest / ".snakemake" / "locks").glob("*"):
+        lock.unlink()
+    return dest
+
+
 def snakemake_env() -> dict:
     """The environment with this venv's bin first, so rules' `python` is ours."""
     env = dict(os.environ)
@@ -91,11 +118,11 @@ def planned_jobs(output: str) -> dict[str, int]:
     return jobs
 
 
-def planned_with_config(workdir: Path, cfg: dict) -> dict[str, int]:
+def planned_with_config(workdir: Path, cfg: dict, snakefile: Path = ROOT / "Snakefile") -> dict[str, int]:
     """Jobs per rule that a dry run plans under ``cfg``; the tiny config is written back after."""
     write_config(workdir, cfg)
     try:
-        proc = snakemake(workdir, "-n", "--quiet", "rules")
+        proc = snakemake(workdir, "-n", "--quiet", "rules", snakefile=snakefile)
     finally:
         write_config(workdir, tiny_config())
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -22,11 +22,12 @@ except ImportError:  # run from a checkout without the package installed
 
 def build_entries(args) -> list[dict]:
     entries = {}
-    for chain, method, stage, metrics in args.entry:
+    for chain, method, stage, metrics in args.entry:  # a repeated row: one more seed of it
         key = (chain, method, stage)
-        if key in entries:
-            raise ValueError(f"duplicate --entry {' '.join(key)}")
-        entries[key] = {"chain": chain, "method": method, "stage": stage, "metrics": metrics}
+        entries.setdefault(key, {"chain": chain, "method": method, "stage": stage, "metrics": []})
+        if metrics in entries[key]["metrics"]:
+            raise ValueError(f"duplicate --entry {' '.join(key)} {metrics}")
+        entries[key]["metrics"].append(metrics)
     for opt, field in (("best", "metrics_best"), ("note", "note")):
         for chain, method, stage, value in getattr(args, opt) or []:
             key = (chain, method, stage)
@@ -40,7 +41,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--entry", nargs=4, action="append", required=True,
                    metavar=("CHAIN", "METHOD", "STAGE", "METRICS_JSON"),
-                   help="one table row: metrics of the last checkpoint (repeatable)")
+                   help="one table row: metrics of the last checkpoint (repeatable; the same row again"
+                   " adds a seed, and the row gives the mean, the std and the count)")
     p.add_argument("--best", nargs=4, action="append", metavar=("CHAIN", "METHOD", "STAGE", "METRICS_JSON"),
                    help="metrics of the checkpoint selected on the evaluation set for a row (optional)")
     p.add_argument("--note", nargs=4, action="append", metavar=("CHAIN", "METHOD", "STAGE", "TEXT"),

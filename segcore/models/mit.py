@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torchvision.ops import StochasticDepth
 
-from .weights import _first_line, _require_file, _shape, _strip_module, _torch_load, _unwrap_state_dict
+from .weights import _require_file, _strip_module, _torch_load, _unwrap_state_dict, load_encoder_keys
 
 
 @dataclass(frozen=True)
@@ -183,19 +183,7 @@ def load_mit_weights(encoder: MixTransformer, path) -> list[str]:
     sd = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     target = encoder.state_dict()
-    for k, v in target.items():
-        if k not in sd:
-            raise ValueError(f"{path}: lacks {k} (not a MiT file of this size?)")
-        if not isinstance(sd[k], torch.Tensor) or sd[k].shape != v.shape:
-            got = _shape(sd[k]) if isinstance(sd[k], torch.Tensor) else type(sd[k]).__name__
-            raise ValueError(f"{path}: {k} has shape {got}, the encoder {_shape(v)} (another MiT size?)")
-    extra = [k for k in sd if k not in target]
-    if extra:
-        raise ValueError(f"{path}: unexpected key {extra[0]} ({len(extra)} in all; not a MiT file?)")
-    try:
-        encoder.load_state_dict({k: sd[k] for k in target}, strict=True)
-    except RuntimeError as e:  # pragma: no cover - shapes checked above
-        raise ValueError(f"{path}: {_first_line(e)}") from None
+    load_encoder_keys(encoder, sd, target, path, "MiT", "MiT")  # every encoder key: a strict load
     return list(target)
 
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 from torchvision.models.swin_transformer import SwinTransformer
 
-from .weights import _first_line, _require_file, _shape, _strip_module, _torch_load, _unwrap_state_dict
+from .weights import _require_file, _strip_module, _torch_load, _unwrap_state_dict, load_encoder_keys
 
 
 @dataclass(frozen=True)
@@ -90,19 +89,7 @@ def load_swin_weights(encoder: SwinEncoder, path) -> list[str]:
     sd = _strip_module(_unwrap_state_dict(_torch_load(path), path))
     sd = {k: v for k, v in sd.items() if not k.startswith(("norm.", "head."))}
     target = {k: v for k, v in encoder.state_dict().items() if k.startswith("features.")}
-    for k, v in target.items():
-        if k not in sd:
-            raise ValueError(f"{path}: lacks {k} (not a torchvision Swin file of this size?)")
-        if not isinstance(sd[k], torch.Tensor) or sd[k].shape != v.shape:
-            got = _shape(sd[k]) if isinstance(sd[k], torch.Tensor) else type(sd[k]).__name__
-            raise ValueError(f"{path}: {k} has shape {got}, the encoder {_shape(v)} (another Swin size?)")
-    extra = [k for k in sd if k not in target]
-    if extra:
-        raise ValueError(f"{path}: unexpected key {extra[0]} ({len(extra)} in all; not a torchvision Swin file?)")
-    try:
-        missing, _ = encoder.load_state_dict({k: sd[k] for k in target}, strict=False)
-    except RuntimeError as e:  # pragma: no cover - shapes checked above
-        raise ValueError(f"{path}: {_first_line(e)}") from None
+    missing = load_encoder_keys(encoder, sd, target, path, "torchvision Swin", "Swin")
     assert all(k.startswith("out_norm.") for k in missing), missing
     return list(target)
 

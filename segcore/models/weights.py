@@ -157,6 +157,28 @@ def read_official_checkpoint(path) -> OrderedDict[str, torch.Tensor]:
     return _strip_module(sd)
 
 
+def load_encoder_keys(encoder: nn.Module, sd: dict, target: dict, path, kind: str, size_kind: str) -> list:
+    """Load ``sd`` into ``encoder`` where the keys of ``target`` (a subset of the encoder's
+    state dict) must all be present with their shapes and ``sd`` may hold no other key; one-line
+    errors naming ``path`` and the first offending key. ``kind`` names the file family ("MiT",
+    "torchvision Swin") and ``size_kind`` its model family. Returns the encoder keys ``sd``
+    left unset (those outside ``target``)."""
+    for k, v in target.items():
+        if k not in sd:
+            raise ValueError(f"{path}: lacks {k} (not a {kind} file of this size?)")
+        if not isinstance(sd[k], torch.Tensor) or sd[k].shape != v.shape:
+            got = _shape(sd[k]) if isinstance(sd[k], torch.Tensor) else type(sd[k]).__name__
+            raise ValueError(f"{path}: {k} has shape {got}, the encoder {_shape(v)} (another {size_kind} size?)")
+    extra = [k for k in sd if k not in target]
+    if extra:
+        raise ValueError(f"{path}: unexpected key {extra[0]} ({len(extra)} in all; not a {kind} file?)")
+    try:
+        missing, _ = encoder.load_state_dict({k: sd[k] for k in target}, strict=False)
+    except RuntimeError as e:  # pragma: no cover - shapes checked above
+        raise ValueError(f"{path}: {_first_line(e)}") from None
+    return missing
+
+
 def state_dict_mismatch(model_sd: dict, sd: dict, what: str = "checkpoint") -> str | None:
     """First reason why ``sd`` does not load strictly into a model with ``model_sd``
     (class count and bn_clr first), or None when it fits."""
