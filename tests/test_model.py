@@ -21,7 +21,6 @@ from segcore.models.weights import (
 )
 
 TSV = Path(__file__).resolve().parent / "data" / "proda_deeplabv2_state_dict.tsv"
-SHARED_TSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / TSV.name
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -64,12 +63,6 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
 
 
 # ---------------------------------------------------------------- architecture
-
-
-def test_shared_tsv_copy_is_current():
-    if not SHARED_TSV.is_file():
-        pytest.skip("shared reference folder not present")
-    assert TSV.read_text() == SHARED_TSV.read_text()
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,12 @@ import pandas as pd
 from segcore.data.classes import CLASSES19, TRAINID_COLORS
 
 from .style import chain_title, save, short
+from .tables import read_csv
 
 
 def read_quality(path) -> tuple[pd.DataFrame, list[str]]:
     """The table and its classes (from its ``precision_<class>`` columns); one-line errors."""
-    try:
-        df = pd.read_csv(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: quality table not found") from None
-    except Exception as exc:  # noqa: BLE001 - any parse error is bad input
-        raise ValueError(f"{path}: cannot read quality table ({str(exc).splitlines()[0]})") from None
+    df = read_csv(path, "quality table")
     classes = [c.removeprefix("precision_") for c in df.columns if c.startswith("precision_")]
     missing = [c for c in ("labels", "pixel_precision", "pixel_coverage") if c not in df.columns]
     missing += [f"coverage_{c}" for c in classes if f"coverage_{c}" not in df.columns]

@@ -21,15 +21,21 @@ NEEDED = ["chain", "method", "stage", "metric", "mIoU", "mIoU13", "published", "
           *(f"iou_{c}" for c in CLASSES19)]
 
 
+def read_csv(path, what: str) -> pd.DataFrame:
+    """A csv input of a report rule (``what``: "results table", "quality table"); a one-line
+    error naming the file when it is missing or unreadable."""
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} not found") from None
+    except Exception as exc:  # noqa: BLE001 - any parse error is bad input
+        raise ValueError(f"{path}: cannot read {what} ({str(exc).splitlines()[0]})") from None
+
+
 def read_results(path) -> pd.DataFrame:
     """``results.csv`` as written by the results_table rule; a one-line error naming the file
     when it is missing, unreadable or lacks a column."""
-    try:
-        df = pd.read_csv(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: results table not found") from None
-    except Exception as exc:  # noqa: BLE001 - any parse error is bad input
-        raise ValueError(f"{path}: cannot read results table ({str(exc).splitlines()[0]})") from None
+    df = read_csv(path, "results table")
     missing = [c for c in NEEDED if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: results table lacks column(s) {', '.join(missing)}")
