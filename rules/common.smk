@@ -11,8 +11,9 @@ from segcore.code_version import code_version as closure_version
 
 CHAINS = config["run_chains"]
 SEEDS = config["seeds"]
-# the rows of the results table: the declared runs, SeCo's those of seco.bases
-TABLE_RUNS = stages.table_runs(config["seco"]["bases"])
+# the rows of the results table: the declared runs, SeCo's those of seco.bases, DDB's those
+# of ddb.rounds
+TABLE_RUNS = stages.table_runs(config["seco"]["bases"], config["ddb"]["rounds"])
 DATASETS = sorted({d for c in config["chains"].values() for d in (c["source"], c["target"])})
 WORKDIR = config["workdir"]
 
@@ -374,7 +375,7 @@ def seco_folder(run):
 
 def seco_base_run(wildcards):
     """The run folder of the stage a SeCo sub-chain refines."""
-    return {seco_folder(run): run for run in stages.TABLE_RUNS}[wildcards.base]
+    return {seco_folder(run): run for run in TABLE_RUNS}[wildcards.base]
 
 
 def seco_base_model(wildcards):

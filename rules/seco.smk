@@ -7,7 +7,7 @@ import json
 import sys
 
 # the stages SeCo can refine: every declared stage but its own
-SECO_BASE_RUNS = [r for r in stages.TABLE_RUNS if stages.stage_of_run(r)[0].name != "seco"]
+SECO_BASE_RUNS = [r for r, (method, _) in TABLE_RUNS.items() if method != "seco"]
 for _base in config["seco"]["bases"]:
     if _base not in SECO_BASE_RUNS:
         sys.exit(

@@ -22,6 +22,7 @@ __all__ = [
     "TABLE_RUNS",
     "table_runs",
     "seco_stage",
+    "ddb_stages",
     "METHOD_ORDER",
     "STAGE_ORDER",
     "BASELINE_METHODS",
@@ -89,19 +90,27 @@ CPSL = Method(
     schema="cpsl.schema.yaml",
 )
 # DDB: per round, two bridging self-training paths (cu: CutMix, ca: ClassMix), then the
-# cross-path distillation of both into a fresh student; round 2 starts from round 1's student
-DDB_ROUNDS = 2
-DDB = Method(
-    "ddb",
-    tuple(
+# cross-path distillation of both into a fresh student; round r > 1 starts from round r-1's
+# student. `ddb.rounds` chooses the rounds, and so DDB's rows (table_runs); this is its default.
+DDB_DEFAULT_ROUNDS = 2
+
+
+def ddb_stages(rounds: int) -> tuple[Stage, ...]:
+    """DDB's stages of ``rounds`` rounds: r<k>_st_cu, r<k>_st_ca, r<k>_ckd for k = 1..rounds."""
+    return tuple(
         Stage(name, run=f"ddb/{name}", rule=rule, config=section)
-        for r in range(1, DDB_ROUNDS + 1)
+        for r in range(1, rounds + 1)
         for name, rule, section in (
             (f"r{r}_st_cu", "ddb_st", "ddb.st"),
             (f"r{r}_st_ca", "ddb_st", "ddb.st"),
             (f"r{r}_ckd", "ddb_ckd", "ddb.ckd"),
         )
-    ),
+    )
+
+
+DDB = Method(
+    "ddb",
+    ddb_stages(DDB_DEFAULT_ROUNDS),
     rule_file="rules/ddb.smk",
     schema="ddb.schema.yaml",
 )
@@ -158,14 +167,16 @@ TRAIN_STAGES: tuple[str, ...] = tuple(s.config for _, s in _STAGES if s.config i
 TABLE_RUNS: dict[str, tuple[str, str]] = {s.run: (s.row_method or m.name, s.name) for m, s in _STAGES}
 
 
-def table_runs(seco_bases) -> dict[str, tuple[str, str]]:
-    """The rows of the results table of a config whose ``seco.bases`` is ``seco_bases``: the
-    declared rows, with SeCo's row of each of those bases in place of the default ones."""
+def table_runs(seco_bases=SECO_DEFAULT_BASES, ddb_rounds: int = DDB_DEFAULT_ROUNDS) -> dict[str, tuple[str, str]]:
+    """The rows of the results table of a config whose ``seco.bases`` is ``seco_bases`` and
+    whose ``ddb.rounds`` is ``ddb_rounds``: the declared rows, with SeCo's row of each of those
+    bases and DDB's rows of that many rounds in place of the default ones."""
     rows = {}
     for m, s in _STAGES:
-        if m is SECO:
-            if s is SECO.stages[0]:
-                rows.update({seco_stage(b).run: ("seco", b) for b in seco_bases})
+        if m is SECO or m is DDB:
+            if s is m.stages[0]:
+                own = [seco_stage(b) for b in seco_bases] if m is SECO else ddb_stages(ddb_rounds)
+                rows.update({x.run: (m.name, x.name) for x in own})
             continue
         rows[s.run] = (s.row_method or m.name, s.name)
     return rows

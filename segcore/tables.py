@@ -31,9 +31,10 @@ __all__ = [
 ]
 
 # Row order of the table: chains as listed here, methods and stages in the order of their
-# declarations (segcore.stages, where "oracle" stays last); names not declared sort after
-# the declared ones but before "oracle", alphabetically. BASELINE_METHODS (declared without
-# published numbers) get no paper number.
+# declarations (segcore.stages, where "oracle" stays last); method names not declared sort after
+# the declared ones but before "oracle", alphabetically, and stage names not declared after the
+# declared ones in entry order. BASELINE_METHODS (declared without published numbers) get no
+# paper number.
 CHAIN_ORDER = ["gta5_to_cityscapes", "synthia_to_cityscapes"]
 #: class count each known chain is evaluated with (a metrics file must agree)
 CHAIN_NUM_CLASSES = {"gta5_to_cityscapes": 19, "synthia_to_cityscapes": 16}
@@ -184,8 +185,10 @@ def results_table(entries: list[dict], published_csv=None) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
         return df
+    # stages not declared (a third DDB round) follow the declared ones in the order of the entries
+    stage_order = STAGE_ORDER + [s for s in dict.fromkeys(df["stage"]) if s not in STAGE_ORDER]
     keys = df.apply(
-        lambda r: (_rank(r["chain"], CHAIN_ORDER), _rank(r["method"], METHOD_ORDER), _rank(r["stage"], STAGE_ORDER)),
+        lambda r: (_rank(r["chain"], CHAIN_ORDER), _rank(r["method"], METHOD_ORDER), _rank(r["stage"], stage_order)),
         axis=1,
     )
     df = df.iloc[sorted(range(len(df)), key=lambda i: keys.iloc[i])].reset_index(drop=True)

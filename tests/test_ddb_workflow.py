@@ -149,3 +149,25 @@ def test_configured_imagenet_file_initialises_round_one_and_every_ckd_student(tm
     with_file = {job.search(ln).groups(): "--imagenet v1c.pth" in ln for ln in lines}
     assert with_file == {("st", "cu", "1"): True, ("st", "ca", "1"): True, ("ckd", None, "1"): True,
                          ("st", "cu", "2"): False, ("st", "ca", "2"): False, ("ckd", None, "2"): True}
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_ddb_rounds_sets_the_rounds_and_their_rows(tmp_path, rounds):
+    """ddb.rounds: round r > 1 starts from round r-1's CKD student; the table has each round's rows."""
+    write_config(tmp_path, tiny_config(run_chains=["gta5_to_cityscapes"],
+                                       ddb={**tiny_config()["ddb"], "rounds": rounds}))
+    proc = snakemake(tmp_path, "-n", "-p", "results/tables/results.csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    jobs = planned_jobs(out)
+    assert (jobs["ddb_st"], jobs["ddb_prototypes"], jobs["ddb_ckd"]) == (2 * rounds, 2 * rounds, rounds)
+    chain = "results/gta5_to_cityscapes/ddb"
+    table_job = out.split("rule results_table:", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"--entry gta5_to_cityscapes ddb (\S+) ", table_job)
+    assert rows == [f"r{r}_{s}" for r in range(1, rounds + 1) for s in ("st_cu", "st_ca", "ckd")]
+    if rounds == 3:
+        (r3,) = [ln for ln in out.splitlines() if "train_ddb_st.py" in ln and "--path cu --round 3 " in ln]
+        assert f"--init {chain}/r2_ckd/model.pt" in r3 and f"--out {chain}/r3_st_cu/model.pt" in r3
+    else:
+        assert "r2_" not in out
+

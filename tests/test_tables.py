@@ -275,3 +275,13 @@ def test_cli_repeated_entry_adds_a_seed(tmp_path):
     df = pd.read_csv(tmp_path / "t.csv")
     assert len(df) == 1 and df.loc[0, "seeds"] == 2
     assert df.loc[0, "mIoU"] == pytest.approx((seeds[0]["mIoU19"] + seeds[1]["mIoU19"]) / 2)
+
+
+def test_undeclared_stages_follow_the_declared_ones_in_entry_order(tmp_path):
+    stages = ["r3_st_cu", "r3_st_ca", "r3_ckd", "r1_st_cu"]  # a third DDB round, not declared
+    entries = []
+    for i, stage in enumerate(stages):
+        _metrics(tmp_path / f"{stage}.json", 19, i)
+        entries.append({"chain": "gta5_to_cityscapes", "method": "ddb", "stage": stage,
+                        "metrics": str(tmp_path / f"{stage}.json")})
+    assert results_table(entries)["stage"].tolist() == ["r1_st_cu", "r3_st_cu", "r3_st_ca", "r3_ckd"]
