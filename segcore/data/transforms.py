@@ -71,11 +71,15 @@ class WeakView:
             "flip": torch.tensor(flip),
         }
 
+    def sample_for(self, image: Tensor, label: Tensor | None, generator: torch.Generator | None) -> dict:
+        """The view parameters of ``image`` (a subclass may look at ``label``, e.g. to redraw a crop)."""
+        return self.sample(image.shape[-2], image.shape[-1], generator)
+
     def __call__(self, image: Tensor, label: Tensor | None = None, generator: torch.Generator | None = None):
         """image float[3,H,W], label long[H,W] or None -> (image, label, params)."""
         if image.dim() != 3:
             raise ValueError(f"WeakView expects an image of shape [C,H,W], got {tuple(image.shape)}")
-        params = self.sample(image.shape[-2], image.shape[-1], generator)
+        params = self.sample_for(image, label, generator)
         h, w = (int(v) for v in params["size"])
         resized = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
         out = _crop_flip(resized, params, fill=0.0)

@@ -88,7 +88,7 @@ def per_class_table(results: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _mean_std(mean, std) -> str:
+def _fmt_mean_std(mean, std) -> str:
     """"24.4 ± 1.2" over several seeds, "24.4" for one."""
     return _fmt(mean) + (f" ± {std:.1f}" if _fmt(mean) and not math.isnan(std) else "")
 
@@ -112,7 +112,7 @@ def _chain_sections(df: pd.DataFrame, kind: str):
                 cols += [("mIoU13", "mIoU13", False), ("paper_mIoU13", "paper13", False), ("diff_mIoU13", "Δ13", True)]
             seeds = "seeds" in part and (part["seeds"] > 1).any()
             header = ["run", *(h for _, h, _ in cols), "ckpt", *(["n"] if seeds else [])]
-            rows = [[lab, *(_mean_std(v[c], v[f"{c}_std"]) if seeds and c in ("mIoU", "mIoU13") else _fmt(v[c], s)
+            rows = [[lab, *(_fmt_mean_std(v[c], v[f"{c}_std"]) if seeds and c in ("mIoU", "mIoU13") else _fmt(v[c], s)
                             for c, _, s in cols), v["checkpoint"], *([str(v["seeds"])] if seeds else [])]
                     for lab, (_, v) in zip(labels, part.iterrows())]
             spread = "; ours: mean ± std over n seeds" if seeds else ""

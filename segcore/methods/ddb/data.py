@@ -43,19 +43,6 @@ class CatMaxRatioView(WeakView):
             params = self.sample(image.shape[-2], image.shape[-1], generator)
         return params
 
-    def __call__(self, image, label=None, generator=None):
-        import torch.nn.functional as F
-
-        from ...data.transforms import _crop_flip
-
-        params = self.sample_for(image, label, generator)
-        h, w = (int(v) for v in params["size"])
-        resized = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
-        out = _crop_flip(resized, params, fill=0.0)
-        if label is not None:
-            label = apply_view(label, params, "nearest")
-        return out, label, params
-
 
 def ddb_view(base_width: int, crop, flip: float, cat_max_ratio: float = 1.0) -> WeakView:
     """Resize to ``base_width`` keeping the aspect (no random scale), crop, flip."""
