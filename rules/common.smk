@@ -14,7 +14,7 @@ SEEDS = config["seeds"]
 # the rows of the results table: the declared runs, SeCo's those of seco.bases, DDB's those
 # of ddb.rounds
 TABLE_RUNS = stages.table_runs(config["seco"]["bases"], config["ddb"]["rounds"])
-DATASETS = sorted({d for c in config["chains"].values() for d in (c["source"], c["target"])})
+DATASETS = sorted({d for c in config["chains"].values() for d in segconfig.chain_datasets(c)})
 WORKDIR = config["workdir"]
 
 
@@ -82,8 +82,14 @@ def data_spec(dataset, split):
     return json.dumps({"manifest": manifest(dataset), "split": split, "resize": config["datasets"][dataset]["resize"]})
 
 
+def source_datasets(wildcards):
+    """The chain's source dataset(s), a list: several for a multi-source chain."""
+    return segconfig.source_datasets(chain_cfg(wildcards.chain))
+
+
 def source_manifest(wildcards):
-    return manifest(chain_cfg(wildcards.chain)["source"])
+    """The manifest(s) of the chain's source dataset(s)."""
+    return [manifest(d) for d in source_datasets(wildcards)]
 
 
 def target_manifest(wildcards):
@@ -91,7 +97,10 @@ def target_manifest(wildcards):
 
 
 def source_train_spec(wildcards):
-    return data_spec(chain_cfg(wildcards.chain)["source"], "train")
+    """JSON of the chain's source train set, or the list of them for a multi-source chain (the
+    training scripts draw from their union)."""
+    specs = [json.loads(data_spec(d, "train")) for d in source_datasets(wildcards)]
+    return json.dumps(specs if len(specs) > 1 else specs[0])
 
 
 def target_train_spec(wildcards):
@@ -99,8 +108,9 @@ def target_train_spec(wildcards):
 
 
 def simclr_images_spec(wildcards):
-    """The SimCLR rule's images: the chain's target, then its source train split."""
-    return f"[{target_train_spec(wildcards)}, {source_train_spec(wildcards)}]"
+    """The SimCLR rule's images: the chain's target, then its source train split(s)."""
+    specs = [json.loads(data_spec(d, "train")) for d in source_datasets(wildcards)]
+    return json.dumps([json.loads(target_train_spec(wildcards))] + specs)
 
 
 def target_resize_json(wildcards):
@@ -220,22 +230,6 @@ def distill_params(stage):
 # --- DDB (rules/ddb.smk) ---------------------------------------------------------------
 
 
-def source_datasets(wildcards):
-    """The chain's source dataset(s): a list (several for a multi-source chain)."""
-    source = chain_cfg(wildcards.chain)["source"]
-    return list(source) if isinstance(source, list) else [source]
-
-
-def source_manifests(wildcards):
-    return [manifest(d) for d in source_datasets(wildcards)]
-
-
-def source_train_specs(wildcards):
-    """JSON of the chain's source train set, or the list of them for a multi-source chain."""
-    specs = [json.loads(data_spec(d, "train")) for d in source_datasets(wildcards)]
-    return json.dumps(specs if len(specs) > 1 else specs[0])
-
-
 def ddb_st_options_json(wildcards):
     """The options of a DDB ST path: ddb.st without the keys only the other path reads."""
     from segcore.methods.ddb.options import path_options
@@ -343,9 +337,16 @@ def uvpt_data_spec(role):
     (the official 1280x720 / 1024x512) or, when null, at its own resize."""
 
     def spec(wildcards):
-        dataset = chain_cfg(wildcards.chain)[role]
-        resize = config["uvpt"][f"{role}_resize"] or config["datasets"][dataset]["resize"]
-        return json.dumps({"manifest": manifest(dataset), "split": "train", "resize": resize})
+        datasets = source_datasets(wildcards) if role == "source" else [chain_cfg(wildcards.chain)[role]]
+        specs = [
+            {
+                "manifest": manifest(d),
+                "split": "train",
+                "resize": config["uvpt"][f"{role}_resize"] or config["datasets"][d]["resize"],
+            }
+            for d in datasets
+        ]
+        return json.dumps(specs if len(specs) > 1 else specs[0])
 
     return spec
 
@@ -357,7 +358,8 @@ def uvpt_options_json(step):
     def options(wildcards):
         opts = segconfig.stage_options(config, f"uvpt.{step}")
         opts["lr"] = opts.pop("backbone_lr", {}).get(wildcards.backbone) or opts["lr"]
-        resize = json.loads(uvpt_data_spec("source")(wildcards))["resize"]
+        spec = json.loads(uvpt_data_spec("source")(wildcards))
+        resize = (spec[0] if isinstance(spec, list) else spec)["resize"]
         if step == "source" and resize:
             opts["base_width"] = resize[0]
         return json.dumps(opts, sort_keys=True)

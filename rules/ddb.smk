@@ -12,7 +12,7 @@ rule ddb_st:
     input:
         init=ddb_previous_student,
         imagenet=ddb_st_imagenet_input,
-        source=source_manifests,
+        source=source_manifest,
         target=target_manifest,
     output:
         model="results/{chain}/ddb/r{round}_st_{path}/model.pt",
@@ -30,7 +30,7 @@ rule ddb_st:
         gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     params:
         script=workflow_script("train_ddb_st.py"),
-        source=source_train_specs,
+        source=source_train_spec,
         target=target_train_spec,
         num_classes=num_classes,
         arch=config["ddb"]["arch"],
@@ -91,7 +91,7 @@ rule ddb_ckd:
         prototypes_cu="results/{chain}/ddb/r{round}_st_cu/prototypes.pt",
         prototypes_ca="results/{chain}/ddb/r{round}_st_ca/prototypes.pt",
         imagenet=ddb_imagenet_input,
-        source=source_manifests,
+        source=source_manifest,
         target=target_manifest,
     output:
         model="results/{chain}/ddb/r{round}_ckd/model.pt",
@@ -108,7 +108,7 @@ rule ddb_ckd:
         gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     params:
         script=workflow_script("train_ddb_ckd.py"),
-        source=source_train_specs,
+        source=source_train_spec,
         target=target_train_spec,
         num_classes=num_classes,
         arch=config["ddb"]["arch"],

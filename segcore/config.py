@@ -101,9 +101,10 @@ def validate(config: dict, schema: dict | None = None) -> dict:
         if name not in config["chains"]:
             raise ConfigError(f"config key 'run_chains': unknown chain '{name}' (known: {', '.join(config['chains'])})")
     for name, chain in config["chains"].items():
-        if chain["source"] not in config["datasets"] or chain["target"] not in config["datasets"]:
-            raise ConfigError(f"config key 'chains.{name}': dataset not configured under 'datasets'")
-        if chain["source"] == "synthia" and chain["num_classes"] != 16:
+        missing = [d for d in chain_datasets(chain) if d not in config["datasets"]]
+        if missing:
+            raise ConfigError(f"config key 'chains.{name}': dataset {missing[0]} not configured under 'datasets'")
+        if source_datasets(chain) == ["synthia"] and chain["num_classes"] != 16:
             raise ConfigError(
                 f"config key 'chains.{name}.num_classes': SYNTHIA chains use the 16-class protocol,"
                 f" got {chain['num_classes']}"
@@ -115,6 +116,18 @@ def validate(config: dict, schema: dict | None = None) -> dict:
         merged = {k: v for k, v in stage_options(config, stage).items() if k in train_keys}
         _first_error(Draft202012Validator(train_schema), merged, where=f"{stage}.")
     return config
+
+
+def source_datasets(chain: dict) -> list[str]:
+    """A chain's source dataset(s) as a list: one, or several for a multi-source chain (whose
+    source is the union of their converted sets)."""
+    source = chain["source"]
+    return list(source) if isinstance(source, list) else [source]
+
+
+def chain_datasets(chain: dict) -> list[str]:
+    """Every dataset a chain reads: its source(s), then its target."""
+    return source_datasets(chain) + [chain["target"]]
 
 
 def stage_options(config: dict, stage: str) -> dict:

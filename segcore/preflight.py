@@ -60,10 +60,18 @@ def check_options(opts: dict, where: str = "options") -> None:
             raise ValueError(f"{where} key '{key}': must be {'>' if strict else '>='} {lowest}, got {v!r}")
 
 
-def check_data(spec: dict, what: str = "data", batch_size: int | None = None, labels: bool = True) -> list[str]:
-    """Validate one data spec ({"manifest", "split", ...}); returns the split's keys."""
+def check_data(spec, what: str = "data", batch_size: int | None = None, labels: bool = True) -> list[str]:
+    """Validate one data spec ({"manifest", "split", ...}), or a list of them (a multi-source
+    union, whose images together must fill a batch); returns the split's keys."""
     from .data.datasets import read_manifest
 
+    if isinstance(spec, list):
+        if not spec:
+            raise ValueError(f"{what}: empty list of data specs")
+        keys = [k for i, s in enumerate(spec) for k in check_data(s, f"{what}[{i}]", labels=labels)]
+        if batch_size is not None and len(keys) < int(batch_size):
+            raise BadInputError(f"{what}: {len(keys)} image(s) in all, fewer than the batch size {int(batch_size)}")
+        return keys
     if not isinstance(spec, dict) or "manifest" not in spec:
         raise ValueError(f"{what}: data spec lacks 'manifest' (got {spec!r})")
     manifest, split = Path(spec["manifest"]), spec.get("split")
@@ -132,7 +140,8 @@ __all__ = ["BadInputError", "run_script", "one_line", "check_options", "check_da
 
 def add_source_target_arguments(parser) -> None:
     """The arguments of a self-training stage's script: both sets, class count, options, seed."""
-    parser.add_argument("--source", required=True, help="JSON: manifest, split, resize of the labelled source set")
+    parser.add_argument("--source", required=True,
+                        help="JSON: manifest, split, resize of the labelled source set, or a list (multi-source)")
     parser.add_argument("--target", required=True, help="JSON: manifest, split, resize of the target train set")
     parser.add_argument("--num-classes", type=int, required=True, help="classes of the chain (19, or 16 for SYNTHIA)")
     parser.add_argument("--options", required=True, help="JSON of the stage's options")

@@ -350,23 +350,3 @@ def test_warmup_poly_is_mmcv_linear_warmup_times_poly():
     assert ddb_lr_factor(it, opts) == pytest.approx((1 - it / 40000) * (1 - (1 - it / 1500) * (1 - 1e-6)))
     assert ddb_lr_factor(1500, opts) == pytest.approx(1 - 1500 / 40000)
     assert ddb_lr_factor(20000, opts) == pytest.approx(0.5)
-
-
-def test_union_set_draws_from_every_source(tmp_path):
-    from segcore.data import demo
-    from segcore.data.convert import convert_dataset
-    from segcore.methods.ddb.data import UnionSet, ddb_view, labelled_sets
-
-    demo.make_gta5(tmp_path / "gta", 3, size=(80, 44))
-    demo.make_synthia(tmp_path / "syn", 2, size=(64, 38))
-    convert_dataset("gta5", tmp_path / "gta", tmp_path / "g", workers=1, progress=False)
-    convert_dataset("synthia", tmp_path / "syn", tmp_path / "s", workers=1, progress=False)
-    specs = [{"manifest": str(tmp_path / "g/manifest.csv"), "split": "train", "resize": [80, 44]},
-             {"manifest": str(tmp_path / "s/manifest.csv"), "split": "train", "resize": [64, 38]}]
-    union = labelled_sets(specs, 19, ddb_view(64, (32, 32), 0.5, cat_max_ratio=0.75))
-    assert isinstance(union, UnionSet) and len(union) == 5
-    assert union.keys == union.parts[0].keys + union.parts[1].keys
-    for i in range(5):
-        s = union[(i, 123)]
-        assert s["image"].shape == (3, 32, 32) and s["label"].shape == (32, 32) and s["index"] == i
-    assert torch.equal(union[(4, 7)]["image"], union.parts[1][(1, 7)]["image"])

@@ -87,3 +87,32 @@ def test_full_scale_uvpt_plans_both_backbones(real_layout, chain, source_lr, sou
         assert opts["correction"] == {"enabled": True, "queue": 1000, "interval": 200, "slope_threshold": 0.95,
                                       "quantile": 0.8}
         assert opts["crop"] == [512, 512] and not opts["released"] and not opts["freeze_bn"]
+
+
+def test_multi_source_chain_plans_every_method_on_the_union(real_layout):
+    """GTA5+SYNTHIA -> Cityscapes: both sets converted, and every job that reads source data
+    gets both (their union), the target alone where a job reads only the target."""
+    import json
+    import re
+
+    proc = snakemake(real_layout, "-n", "-p", "--configfile", str(ROOT / "configs" / "gta5_to_cityscapes.yaml"),
+                     str(ROOT / "configs" / "gta5_synthia_to_cityscapes.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["convert"] == 3
+    assert (jobs["ddb_st"], jobs["ddb_ckd"]) == (4, 2) and jobs["uvpt_source"] == 2
+    both = [{"manifest": "results/data/gta5/manifest.csv", "split": "train", "resize": [1914, 1052]},
+            {"manifest": "results/data/synthia/manifest.csv", "split": "train", "resize": [1280, 760]}]
+    source_args = re.findall(r"--(?:source|labelled) '(\[.*?\]|\{.*?\})'", proc.stdout)
+    scripts = re.findall(r"workflow_scripts/(\w+)\.py[^\n]*--(?:source|labelled) ", proc.stdout)
+    assert {"train_source", "train_proda_stage1", "train_cpsl_stage1", "train_distill", "train_ddb_st",
+            "train_ddb_ckd", "train_uvpt_source", "seco_retrain"} <= set(scripts)
+    unions = [json.loads(a) for a in source_args if a.startswith("[")]
+    # every source reader but the oracle (which trains on the target's labels) reads the union
+    singles = [json.loads(a) for a in source_args if a.startswith("{")]
+    assert all(s["manifest"] == "results/data/cityscapes/manifest.csv" for s in singles)
+    assert len(singles) == 1 and len(unions) == len(source_args) - 1
+    uvpt = [u for u in unions if u[0]["resize"] == [1280, 720]]
+    assert len(uvpt) == 2 and all(u[1]["resize"] == [1280, 720] for u in uvpt)
+    assert all(u == both for u in unions if u not in uvpt)
+    assert "results/gta5_synthia_to_cityscapes/ddb/r2_ckd/model.pt" in proc.stdout

@@ -13,6 +13,7 @@ DataLoader worker, seeded per worker by the DataLoader).
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 from pathlib import Path
 
@@ -118,6 +119,44 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if label is not None:
             sample["label"] = label
         return sample
+
+
+class UnionSet(torch.utils.data.Dataset):
+    """Several datasets drawn as one, the source of a multi-source chain: item i of the union is
+    item i of their concatenation (the official multi-source ``ConcatDataset``), so the
+    loader's shuffle draws uniformly over the union of the images. Takes the same
+    ``index`` or ``(index, view_seed)`` items as its parts."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        if not self.parts:
+            raise ValueError("UnionSet needs at least one dataset")
+        self.offsets = list(itertools.accumulate(len(p) for p in self.parts))
+        self.keys = [k for p in self.parts for k in getattr(p, "keys", [])]
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __repr__(self) -> str:
+        return f"UnionSet({', '.join(repr(p) for p in self.parts)})"
+
+    def __getitem__(self, item):
+        index, seed = (item if isinstance(item, (tuple, list)) else (item, None))
+        index = int(index) % len(self)
+        part = bisect.bisect_right(self.offsets, index)
+        local = index - (self.offsets[part - 1] if part else 0)
+        sample = self.parts[part][(local, seed) if seed is not None else local]
+        sample["index"] = index
+        return sample
+
+
+def open_sets(specs, num_classes: int, **kwargs):
+    """The dataset of one data spec ({"manifest", "split", "resize"}), or of a list of them (a
+    multi-source chain's source: their ``UnionSet``, each part at its own resize).
+    ``kwargs`` go to every ``SegmentationDataset`` (transform, with_labels, ...)."""
+    parts = [SegmentationDataset(s["manifest"], s.get("split"), num_classes, resize=s.get("resize"), **kwargs)
+             for s in ([specs] if isinstance(specs, dict) else specs)]
+    return parts[0] if len(parts) == 1 else UnionSet(parts)
 
 
 class _EndlessBatches:

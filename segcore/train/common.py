@@ -8,7 +8,7 @@ import dataclasses
 
 import torch
 
-from ..data.datasets import SegmentationDataset, infinite_loader
+from ..data.datasets import SegmentationDataset, infinite_loader, open_sets
 from ..data.transforms import WeakView
 from ..models.checkpoint import load_model
 from ..models.deeplabv2 import sgd
@@ -99,10 +99,10 @@ def weak_view(opts) -> WeakView:
                     flip_p=opts["flip"])
 
 
-def labelled_set(spec: dict, num_classes: int, opts) -> SegmentationDataset:
-    """A labelled set ({"manifest", "split", "resize"}) seen through the weak view."""
-    return SegmentationDataset(spec["manifest"], spec["split"], num_classes, resize=spec.get("resize"),
-                               transform=weak_view(opts))
+def labelled_set(spec, num_classes: int, opts):
+    """A labelled set ({"manifest", "split", "resize"}, or a list of them: a multi-source
+    chain's union) seen through the weak view."""
+    return open_sets(spec, num_classes, transform=weak_view(opts))
 
 
 def image_set(spec: dict, num_classes: int) -> SegmentationDataset:

@@ -57,7 +57,7 @@ OUTPUT_STRIDE = 8
 
 @dataclasses.dataclass
 class CPSLStage1Job:
-    source: dict              # {"manifest", "split", "resize"} of the labelled source set
+    source: dict | list       # {"manifest", "split", "resize"} of the labelled source set (a list: their union)
     target: dict              # the same for the unlabelled target train set
     num_classes: int
     options: dict             # training options + CPSL stage-1 options (config cpsl.stage1)

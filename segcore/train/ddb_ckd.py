@@ -14,8 +14,9 @@ import dataclasses
 
 import torch
 
+from ..data.datasets import open_sets
 from ..methods.ddb import photometric
-from ..methods.ddb.data import ddb_view, image_crops, labelled_sets
+from ..methods.ddb.data import ddb_view, image_crops
 from ..methods.ddb.ensemble import ensemble, teacher_probs
 from ..methods.ddb.losses import pixel_ce, pseudo_weight
 from ..models.checkpoint import load_model, save_model
@@ -101,8 +102,8 @@ def run(job: CKDJob, log=print, on_iteration=None) -> dict:
                        "teachers": {k: str(v) for k, v in job.teachers.items()}}
         optimizer = make_adamw(student, opts)
         crop = opts["crop"]
-        src = labelled_sets(job.source, job.num_classes,
-                            ddb_view(opts["source_base_width"], crop, opts["flip"], opts["cat_max_ratio"]))
+        src = open_sets(job.source, job.num_classes,
+                        transform=ddb_view(opts["source_base_width"], crop, opts["flip"], opts["cat_max_ratio"]))
         tgt = image_crops(job.target, job.num_classes, ddb_view(opts["target_base_width"], crop, opts["flip"]))
 
         def step(batch):

@@ -22,8 +22,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from ..data.datasets import open_sets
 from ..methods.ddb import bridging, photometric
-from ..methods.ddb.data import ddb_view, image_crops, labelled_sets
+from ..methods.ddb.data import ddb_view, image_crops
 from ..methods.ddb.losses import mixed_targets, pixel_ce, pseudo_weight, upsample
 from ..methods.ddb.teacher import MeanTeacher
 from ..models.checkpoint import load_model, save_model
@@ -144,8 +145,8 @@ def run(job: STJob, log=print, on_iteration=None) -> dict:
         teacher = MeanTeacher(student, alpha=opts["ema_alpha"], bn_train_mode=opts["ema_train_mode"])
         optimizer = make_adamw(student, opts, lr_mult)
         crop = opts["crop"]
-        src = labelled_sets(job.source, job.num_classes,
-                            ddb_view(opts["source_base_width"], crop, opts["flip"], opts["cat_max_ratio"]))
+        src = open_sets(job.source, job.num_classes,
+                        transform=ddb_view(opts["source_base_width"], crop, opts["flip"], opts["cat_max_ratio"]))
         tgt = image_crops(job.target, job.num_classes, ddb_view(opts["target_base_width"], crop, opts["flip"]))
         counter = {"it": 0}
 

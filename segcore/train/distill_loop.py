@@ -25,7 +25,7 @@ from .runner import Training, run_training
 
 @dataclasses.dataclass
 class DistillJob:
-    source: dict
+    source: dict | list
     target: dict
     num_classes: int
     arch: str

@@ -37,7 +37,7 @@ from .runner import Training, run_training
 
 @dataclasses.dataclass
 class Stage1Job:
-    source: dict              # {"manifest", "split", "resize"} of the labelled source set
+    source: dict | list       # {"manifest", "split", "resize"} of the labelled source set (a list: their union)
     target: dict              # the same for the unlabelled target train set
     num_classes: int
     options: dict             # training options + ProDA stage-1 options (config proda.stage1)

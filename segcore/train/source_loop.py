@@ -16,7 +16,7 @@ import dataclasses
 import torch
 
 from ..data.classes import class_names
-from ..data.datasets import SegmentationDataset, infinite_loader
+from ..data.datasets import infinite_loader, open_sets
 from ..methods import warmup as W
 from ..models.checkpoint import save_model
 from ..models.deeplabv2 import build_deeplabv2
@@ -47,8 +47,7 @@ class SupervisedJob:
 
 def _loader(spec: dict, num_classes: int, opts: dict, seed: int, start: int, with_labels: bool, workers: int,
             accel: Accel):
-    ds = SegmentationDataset(spec["manifest"], spec["split"], num_classes, resize=spec.get("resize"),
-                             transform=weak_view(opts), with_labels=with_labels)
+    ds = open_sets(spec, num_classes, transform=weak_view(opts), with_labels=with_labels)
     return infinite_loader(ds, opts["batch_size"], seed, start=start, **accel.loader_kwargs(workers))
 
 

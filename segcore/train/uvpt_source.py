@@ -24,7 +24,7 @@ from .runner import Training, run_training
 
 @dataclasses.dataclass
 class UVPTSourceJob:
-    source: dict              # {"manifest", "split", "resize"} of the labelled source set
+    source: dict | list       # {"manifest", "split", "resize"} of the labelled source set (a list: their union)
     num_classes: int
     backbone: str             # swin_b, mit_b5, swin_small, mit_small
     options: dict             # training options (lr, head_lr_mult, weight_decay, betas, schedule, crop, ...)

@@ -23,9 +23,7 @@ def check_data_arguments(a) -> dict:
     """Options and data checked before any work (one-line errors)."""
     opts = json.loads(a.options)
     preflight.check_options(opts, "--options")
-    sources = json.loads(a.source)
-    for i, spec in enumerate(sources if isinstance(sources, list) else [sources]):
-        preflight.check_data(spec, f"--source[{i}]", batch_size=opts.get("batch_size"))
+    preflight.check_data(json.loads(a.source), "--source", batch_size=opts.get("batch_size"))
     preflight.check_data(json.loads(a.target), "--target", batch_size=opts.get("batch_size"), labels=False)
     from ...models.ddb_net import DDB_ARCHS
     if a.arch not in DDB_ARCHS:

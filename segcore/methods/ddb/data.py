@@ -5,13 +5,10 @@
   while one class covers more than ``cat_max_ratio`` (0.75) of the crop's labelled pixels,
   flip with p 0.5. Target: resize to the target width (1024), random 512x512 crop, flip.
   Images stay in [0, 1]; the network normalises them itself.
-* ``UnionSet``: several converted labelled sets drawn as one, as the official multi-source
-  ``ConcatDataset`` (item i of the union is item i of the concatenation; the loader's shuffle
-  makes every draw uniform over the union of the images).
+* A multi-source chain's source is the union of its converted sets
+  (``segcore.data.datasets.open_sets``), as the official multi-source ``ConcatDataset``.
 """
 from __future__ import annotations
-
-import bisect
 
 import torch
 
@@ -50,46 +47,10 @@ def ddb_view(base_width: int, crop, flip: float, cat_max_ratio: float = 1.0) -> 
                            cat_max_ratio=cat_max_ratio)
 
 
-class UnionSet(torch.utils.data.Dataset):
-    """The concatenation of several datasets that take ``(index, view_seed)`` items."""
-
-    def __init__(self, parts):
-        self.parts = list(parts)
-        if not self.parts:
-            raise ValueError("UnionSet needs at least one dataset")
-        self.offsets = []
-        total = 0
-        for p in self.parts:
-            total += len(p)
-            self.offsets.append(total)
-        self.keys = [k for p in self.parts for k in getattr(p, "keys", [])]
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
-
-    def __getitem__(self, item):
-        index, seed = (item if isinstance(item, (tuple, list)) else (item, None))
-        index = int(index) % len(self)
-        part = bisect.bisect_right(self.offsets, index)
-        local = index - (self.offsets[part - 1] if part else 0)
-        sample = self.parts[part][(local, seed) if seed is not None else local]
-        sample["index"] = index
-        return sample
-
-
-def labelled_sets(specs, num_classes: int, view: WeakView):
-    """One spec ({"manifest", "split", "resize"}) or a list of them (multi-source: their union)."""
-    if isinstance(specs, dict):
-        specs = [specs]
-    sets = [SegmentationDataset(s["manifest"], s["split"], num_classes, resize=s.get("resize"), transform=view)
-            for s in specs]
-    return sets[0] if len(sets) == 1 else UnionSet(sets)
-
-
 def image_crops(spec: dict, num_classes: int, view: WeakView) -> SegmentationDataset:
     """Target crops without labels."""
     return SegmentationDataset(spec["manifest"], spec["split"], num_classes, resize=spec.get("resize"),
                                transform=view, with_labels=False)
 
 
-__all__ = ["CatMaxRatioView", "ddb_view", "UnionSet", "labelled_sets", "image_crops"]
+__all__ = ["CatMaxRatioView", "ddb_view", "image_crops"]
