@@ -140,8 +140,16 @@ IMAGENET_FLAG = (
 )
 
 
-def simclr_weights(wildcards):
-    """The stage-2 student's initialisation: a configured SimCLR file, or our own rule's."""
+def student_init_kind(wildcards):
+    """How {method}'s stage-2 student starts: "simclr" (the official) or "imagenet"."""
+    return segconfig.stage_options(config, f"{wildcards.method}.stage2")["student_init"]
+
+
+def stage2_student_init(wildcards):
+    """The stage-2 student's backbone file: the ImageNet file (student_init: imagenet), else a
+    configured SimCLR file, else our own `simclr` rule's."""
+    if student_init_kind(wildcards) == "imagenet":
+        return config["model"]["imagenet_weights"]
     return config["simclr"]["weights"] or f"results/{wildcards.chain}/simclr/backbone.pt"
 
 
@@ -201,7 +209,8 @@ def supervised_params(stage):
 
 
 def distill_command(stage, init_kind):
-    """The shell of a train_distill.py job (stage 2 or 3 of {method})."""
+    """The shell of a train_distill.py job (stage 2 or 3 of {method}); ``init_kind`` goes to
+    ``--init-kind`` (a literal, or a ``{params.*}`` placeholder)."""
     return train_command(
         f"--stage {{wildcards.method}}_{stage}"
         " --source {params.source:q} --target {params.target:q} --num-classes {params.num_classes}"
@@ -413,14 +422,22 @@ def seco_quality_tables():
     return [f"results/{root}/seco/quality.md" for root in roots] if config["seco"]["bases"] else []
 
 
-def seco_table_notes():
-    """--note of each SeCo row of the results table: the proposer its labels came from."""
+def table_notes():
+    """--note of the results-table rows that need one: each SeCo row's proposer, and the stages 2
+    and 3 of a method whose stage-2 student starts from ImageNet weights instead of SimCLR."""
     from segcore.seco.proposers import proposer_name
 
-    note = f"labels: {proposer_name(config['seco'])} proposer"
-    return " ".join(
-        "--note " + " ".join(shlex.quote(x) for x in (c, m, s, note)) for c, m, s, _ in table_rows() if m == "seco"
-    )
+    imagenet = {
+        m for m in stages.methods_of_rule("distill_stage2")
+        if segconfig.stage_options(config, f"{m}.stage2")["student_init"] == "imagenet"
+    }
+    notes = []
+    for c, m, s, _ in table_rows():
+        if m == "seco":
+            notes.append((c, m, s, f"labels: {proposer_name(config['seco'])} proposer"))
+        elif m in imagenet and s in ("stage2", "stage3"):
+            notes.append((c, m, s, "stage-2 student: ImageNet weights, not SimCLR"))
+    return " ".join("--note " + " ".join(shlex.quote(x) for x in note) for note in notes)
 
 
 # --- report (rules/report.smk) ----------------------------------------------------------

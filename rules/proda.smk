@@ -40,11 +40,11 @@ rule proda_stage1:
 
 
 rule distill_stage2:
-    """Stage 2: the stage-1 model teaches a SimCLR-initialised student."""
+    """Stage 2: the stage-1 model teaches a fresh student (SimCLR weights, or ImageNet's)."""
     input:
         teacher="results/{chain}/{method}/stage1/model.pt",
         hard="results/{chain}/{method}/stage1/hard_labels.h5",
-        init=simclr_weights,
+        init=stage2_student_init,
         source=source_manifest,
         target=target_manifest,
     output:
@@ -60,8 +60,9 @@ rule distill_stage2:
         gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     params:
         **distill_params("stage2"),
+        init_kind=student_init_kind,
     shell:
-        distill_command("stage2", "simclr")
+        distill_command("stage2", "{params.init_kind}")
 
 
 rule distill_stage3:

@@ -21,7 +21,7 @@ rule results_table:
     params:
         script=workflow_script("make_table.py"),
         entries=table_entry_args(),
-        notes=seco_table_notes(),
+        notes=table_notes(),
         published=published_flag,
         code=code_version("make_table.py"),
     shell:

@@ -17,7 +17,7 @@ from importlib import resources
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from segcore.stages import METHODS, TRAIN_STAGES
+from segcore.stages import METHODS, TRAIN_STAGES, methods_of_rule
 
 SCHEMA_FILE = "config.schema.yaml"
 # libyaml's loader where PyYAML has it: the schema is read each time the Snakefile is parsed
@@ -109,6 +109,7 @@ def validate(config: dict, schema: dict | None = None) -> dict:
                 f"config key 'chains.{name}.num_classes': SYNTHIA chains use the 16-class protocol,"
                 f" got {chain['num_classes']}"
             )
+    _check_student_init(config)
     # every stage's merged options must be valid training options too
     train_schema = dict(schema["$defs"]["train_options"], **{"$defs": schema["$defs"]})
     train_keys = set(schema["$defs"]["train_options"]["properties"])
@@ -116,6 +117,21 @@ def validate(config: dict, schema: dict | None = None) -> dict:
         merged = {k: v for k, v in stage_options(config, stage).items() if k in train_keys}
         _first_error(Draft202012Validator(train_schema), merged, where=f"{stage}.")
     return config
+
+
+def _check_student_init(config: dict) -> None:
+    """A stage-2 student needs its backbone file: ImageNet's for ``student_init: imagenet``; for
+    SimCLR at full scale a configured file, since the `simclr` rule is a small demo pretraining."""
+    for method in methods_of_rule("distill_stage2"):
+        init = stage_options(config, f"{method}.stage2")["student_init"]
+        if init == "imagenet" and not config["model"]["imagenet_weights"]:
+            raise ConfigError(f"config key '{method}.stage2.student_init': imagenet needs model.imagenet_weights")
+        if init == "simclr" and not config["simclr"]["weights"] and config["model"]["arch"] != "small":
+            raise ConfigError(
+                f"config key 'simclr.weights': null with model.arch {config['model']['arch']} would pretrain the"
+                f" {method} stage-2 student with the demo's short SimCLR rule; give the SimCLRv2 file, or set"
+                f" {method}.stage2.student_init: imagenet"
+            )
 
 
 def source_datasets(chain: dict) -> list[str]:

@@ -17,9 +17,10 @@ def main():
     p.add_argument("--teacher", required=True, help="checkpoint of the previous stage, the teacher (model.pt)")
     p.add_argument("--hard-labels", required=True, help="the teacher's hard pseudo-labels (hard_labels.h5)")
     p.add_argument("--student-init", required=True,
-                   help="initialisation of the student: SimCLR backbone file, or a checkpoint")
-    p.add_argument("--init-kind", required=True, choices=("simclr", "checkpoint"),
-                   help="simclr: --student-init is a backbone (stage 2); checkpoint: a full model (stage 3)")
+                   help="initialisation of the student: SimCLR or ImageNet backbone file, or a checkpoint")
+    p.add_argument("--init-kind", required=True, choices=("simclr", "imagenet", "checkpoint"),
+                   help="simclr / imagenet: --student-init is a backbone file (stage 2); checkpoint: a full"
+                   " model (stage 3)")
     p.add_argument("--out", required=True, help="checkpoint of this stage to write (model.pt)")
     p.add_argument("--workdir", required=True,
                    help="folder of the rolling resume state (kept after a kill, removed at the end)")
@@ -33,7 +34,7 @@ def _run(a):
     if a.init_kind == "checkpoint":
         preflight.check_checkpoint(a.student_init, num_classes=a.num_classes, arch=a.arch)
     elif not Path(a.student_init).is_file():
-        raise ValueError(f"{a.student_init}: SimCLR backbone not found")
+        raise ValueError(f"{a.student_init}: {'SimCLR' if a.init_kind == 'simclr' else 'ImageNet'} backbone not found")
     preflight.check_store(a.hard_labels, "hard", keys, a.num_classes)
     job = distill_loop.DistillJob(
         source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes, arch=a.arch,

@@ -16,7 +16,7 @@ from ..methods.distill import distill_target_loss
 from ..methods.warmup import segmentation_loss
 from ..models.checkpoint import load_model, save_model
 from ..models.deeplabv2 import build_deeplabv2
-from ..models.weights import load_simclr_backbone
+from ..models.weights import load_imagenet_backbone, load_simclr_backbone
 from ..pseudo.store import HardStore
 from . import distributed as D
 from .common import image_set, job_settings, labelled_set, make_sgd, source_target_batches, weak_view
@@ -33,8 +33,8 @@ class DistillJob:
     seed: int
     teacher: str              # checkpoint of the previous stage (frozen, eval mode)
     hard_labels: str          # its flip-averaged hard pseudo-labels (HDF5)
-    student_init: str         # "simclr" weights file (stage 2) or a checkpoint (stage 3)
-    init_kind: str            # "simclr" or "checkpoint"
+    student_init: str         # SimCLR or ImageNet backbone file (stage 2), or a checkpoint (stage 3)
+    init_kind: str            # "simclr", "imagenet" or "checkpoint"
     stage: str
     out: str
     workdir: str
@@ -45,7 +45,11 @@ class DistillJob:
 def build_student(job: DistillJob):
     if job.init_kind == "checkpoint":  # stage 3 starts from the stage-2 student, as the official code
         return load_model(job.student_init, expect_num_classes=job.num_classes)[0]
-    model = build_deeplabv2(job.num_classes, job.arch, bn_clr=True)
+    if job.init_kind == "imagenet":  # the official --student_init imagenet: no bn_clr layer
+        model = build_deeplabv2(job.num_classes, job.arch)
+        load_imagenet_backbone(model, job.student_init)
+        return model
+    model = build_deeplabv2(job.num_classes, job.arch, bn_clr=True)  # SimCLR statistics need bn_clr
     load_simclr_backbone(model, job.student_init)
     return model
 
