@@ -18,6 +18,7 @@ its target train set and its ``ddb.st`` crop and target width. ``--size small``:
 """
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -123,7 +124,8 @@ def main():
     torch.set_num_threads(1)
     table = Table("DDB prototypes: one pass against four random-crop passes")
     if args.from_dir:
-        from_run(Path(args.from_dir), table)
+        os.chdir(args.from_dir)  # the manifests list paths relative to the run's folder
+        from_run(Path("."), table)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             small(Path(tmp), table)

@@ -18,6 +18,7 @@ temporary folder (the code path only; no meaning in the numbers).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -177,7 +178,8 @@ def main():
     args = parse_args(__doc__.splitlines()[0], extra)
     table = Table("demo gains against the seed spread")
     if args.from_dir:
-        measure(Path(args.from_dir), args.val_counts, table)
+        os.chdir(args.from_dir)  # the manifests list paths relative to the run's folder
+        measure(Path("."), args.val_counts, table)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             measure(small_run(Path(tmp)), [2, 3], table)

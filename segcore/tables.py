@@ -35,9 +35,9 @@ __all__ = [
 # the declared ones but before "oracle", alphabetically, and stage names not declared after the
 # declared ones in entry order. BASELINE_METHODS (declared without published numbers) get no
 # paper number.
-CHAIN_ORDER = ["gta5_to_cityscapes", "synthia_to_cityscapes"]
+CHAIN_ORDER = ["gta5_to_cityscapes", "synthia_to_cityscapes", "gta5_synthia_to_cityscapes"]
 #: class count each known chain is evaluated with (a metrics file must agree)
-CHAIN_NUM_CLASSES = {"gta5_to_cityscapes": 19, "synthia_to_cityscapes": 16}
+CHAIN_NUM_CLASSES = {"gta5_to_cityscapes": 19, "synthia_to_cityscapes": 16, "gta5_synthia_to_cityscapes": 19}
 
 IOU_COLUMNS = [f"iou_{c}" for c in CLASSES19]
 COLUMNS = [

@@ -26,7 +26,8 @@ SHORT_NAMES = {
 assert tuple(SHORT_NAMES) == CLASSES19
 
 #: short chain names for titles
-CHAIN_TITLES = {"gta5_to_cityscapes": "GTA5 → Cityscapes", "synthia_to_cityscapes": "SYNTHIA → Cityscapes"}
+CHAIN_TITLES = {"gta5_to_cityscapes": "GTA5 → Cityscapes", "synthia_to_cityscapes": "SYNTHIA → Cityscapes",
+                "gta5_synthia_to_cityscapes": "GTA5 + SYNTHIA → Cityscapes"}
 
 
 def short(name: str) -> str:
