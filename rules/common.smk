@@ -428,7 +428,8 @@ def table_notes():
     from segcore.seco.proposers import proposer_name
 
     imagenet = {
-        m for m in stages.methods_of_rule("distill_stage2")
+        m
+        for m in stages.methods_of_rule("distill_stage2")
         if segconfig.stage_options(config, f"{m}.stage2")["student_init"] == "imagenet"
     }
     notes = []
