@@ -21,6 +21,7 @@ report: "docs/report/workflow.rst"
 try:
     # the schema ships inside segcore; defaults are filled in here
     segconfig.validate(config)
+    segconfig.check_student_init(config)
 except segconfig.ConfigError as err:
     # one line naming the key, before any job is planned
     sys.exit(f"Invalid configuration: {err}")

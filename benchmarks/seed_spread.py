@@ -84,7 +84,17 @@ def per_image_matrices(model_path, manifest, num_classes: int, resize, batch_siz
         labels = batch["label"]
         pred = upsample(model(batch["image"])["out"], labels.shape[-2:]).argmax(1)
         mats += [confusion_matrix(p, lab, num_classes).cpu().numpy() for p, lab in zip(pred, labels)]
-    return np.stack(mats)
+    return np.stack(mats)[render_order(ds.keys)]
+
+
+def render_order(keys: list[str]) -> np.ndarray:
+    """The manifest rows (sorted by key) in the order the demo rendered them: val image i is
+    ``{city}_{i // len(cities):06d}_000019`` with city ``cities[i % len(cities)]``, so the first
+    n of that order are the images of a demo with ``val_count: n``."""
+    cities = demo.CITIES["val"]
+    stems = [k.rsplit("/", 1)[-1].split("_") for k in keys]  # val/<city>/<city>_<seq>_000019
+    index = [int(seq) * len(cities) + cities.index(city) for city, seq, *_ in stems]
+    return np.argsort(index)
 
 
 def miou(mats: np.ndarray, n: int, num_classes: int) -> float:

@@ -87,8 +87,13 @@ def _first_error(validator, instance, where: str = ""):
     errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         e = errors[0]
-        key = _key(e)
-        raise ConfigError(f"config key '{where}{key}': {e.message}")
+        # a value that fits none of several forms (a chain's source: a name or a list of names):
+        # say what is wrong with it in the form it has, not only that no form fits
+        while e.validator in ("oneOf", "anyOf") and e.context:
+            wrong_type = {c.schema_path[0] for c in e.context if c.validator == "type" and not c.relative_path}
+            e = min((c for c in e.context if c.schema_path[0] not in wrong_type), default=e.context[0],
+                    key=lambda c: (len(c.relative_path), str(c.relative_path)))
+        raise ConfigError(f"config key '{where}{_key(e)}': {e.message}")
 
 
 def validate(config: dict, schema: dict | None = None) -> dict:
@@ -109,7 +114,6 @@ def validate(config: dict, schema: dict | None = None) -> dict:
                 f"config key 'chains.{name}.num_classes': SYNTHIA chains use the 16-class protocol,"
                 f" got {chain['num_classes']}"
             )
-    _check_student_init(config)
     # every stage's merged options must be valid training options too
     train_schema = dict(schema["$defs"]["train_options"], **{"$defs": schema["$defs"]})
     train_keys = set(schema["$defs"]["train_options"]["properties"])
@@ -119,9 +123,11 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     return config
 
 
-def _check_student_init(config: dict) -> None:
-    """A stage-2 student needs its backbone file: ImageNet's for ``student_init: imagenet``; for
-    SimCLR at full scale a configured file, since the `simclr` rule is a small demo pretraining."""
+def check_student_init(config: dict) -> None:
+    """What the workflow (the Snakefile, after ``validate``) needs of a valid config to run the
+    stage-2 students: ImageNet's file for ``student_init: imagenet``; for SimCLR at full scale a
+    configured file, since the `simclr` rule is a small demo pretraining. The schema defaults alone
+    (a full-scale network, no SimCLR file) are valid, not runnable."""
     for method in methods_of_rule("distill_stage2"):
         init = stage_options(config, f"{method}.stage2")["student_init"]
         if init == "imagenet" and not config["model"]["imagenet_weights"]:

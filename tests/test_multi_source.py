@@ -59,12 +59,18 @@ def test_multi_source_jobs_train_on_both_sets(tiny_workflow):
     assert f"{synthia_label.name}: label listed in results/data/synthia/manifest.csv not found" in log
 
 
-@pytest.mark.parametrize("source", [["gta5"], ["gta5", "gta5"], ["gta5", "mapillary"], []])
-def test_a_multi_source_chain_names_two_or_more_known_datasets(source):
+@pytest.mark.parametrize("source, says", [
+    (["gta5"], "source': ['gta5'] is too short"),
+    (["gta5", "gta5"], "source': ['gta5', 'gta5'] has non-unique elements"),
+    (["gta5", "mapillary"], "source.1': 'mapillary' is not one of ['gta5', 'synthia']"),
+    ("mapillary", "source': 'mapillary' is not one of ['gta5', 'synthia']"),
+])
+def test_a_multi_source_chain_names_two_or_more_known_datasets(source, says):
     from segcore.config import ConfigError, validate
 
-    cfg = multi_source_config(run_chains=[MULTI])
     validate(multi_source_config(run_chains=[MULTI]))  # the good one passes
+    cfg = multi_source_config(run_chains=[MULTI])
     cfg["chains"][MULTI]["source"] = source
-    with pytest.raises(ConfigError, match=f"config key 'chains.{MULTI}.source'"):
+    with pytest.raises(ConfigError) as err:
         validate(cfg)
+    assert str(err.value) == f"config key 'chains.{MULTI}.{says}"

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from segcore.config import ConfigError, validate
+from segcore.config import ConfigError, check_student_init, validate
 from segcore.models.deeplabv2 import build_deeplabv2
 from segcore.models.weights import BACKBONE_PREFIXES
 from segcore.train.distill_loop import DistillJob, build_student
@@ -36,25 +36,38 @@ def demo_config():
     return yaml.safe_load((ROOT / "config.yaml").read_text())
 
 
+def check(cfg):
+    check_student_init(validate(cfg))
+
+
 def test_full_scale_without_simclr_weights_is_refused_naming_the_key():
     cfg = demo_config()
     cfg["model"]["arch"] = "resnet101"
     with pytest.raises(ConfigError, match=r"^config key 'simclr.weights': null with model.arch resnet101 .*"
                                           r"student_init: imagenet$"):
-        validate(cfg)
+        check(cfg)
     cfg = demo_config()
     cfg["model"].update(arch="resnet101", imagenet_weights="pretrained/resnet101.pth")
     for method in ("proda", "cpsl"):
         cfg[method]["stage2"]["student_init"] = "imagenet"
-    validate(cfg)  # the explicit ImageNet student needs no SimCLR file
-    validate(demo_config())  # the demo's small network keeps its SimCLR rule
+    check(cfg)  # the explicit ImageNet student needs no SimCLR file
+    check(demo_config())  # the demo's small network keeps its SimCLR rule
 
 
 def test_imagenet_student_needs_the_imagenet_file():
     cfg = demo_config()
     cfg["cpsl"]["stage2"]["student_init"] = "imagenet"
     with pytest.raises(ConfigError, match="config key 'cpsl.stage2.student_init': imagenet needs model.imagenet_wei"):
-        validate(cfg)
+        check(cfg)
+
+
+def test_the_workflow_refuses_it_before_planning(tmp_path):
+    cfg = tiny_config()
+    cfg["model"]["arch"] = "resnet101"
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, "-n")
+    assert proc.returncode != 0
+    assert "Invalid configuration: config key 'simclr.weights': null with model.arch resnet101" in proc.stderr
 
 
 def test_imagenet_student_plan_skips_simclr_and_notes_the_rows(tmp_path):
