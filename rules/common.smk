@@ -99,8 +99,13 @@ def target_manifest(wildcards):
 def source_train_spec(wildcards):
     """JSON of the chain's source train set, or the list of them for a multi-source chain (the
     training scripts draw from their union)."""
-    specs = [json.loads(data_spec(d, "train")) for d in source_datasets(wildcards)]
+    specs = source_specs(wildcards)
     return json.dumps(specs if len(specs) > 1 else specs[0])
+
+
+def source_specs(wildcards):
+    """The train spec (a dict) of each of the chain's source datasets."""
+    return [json.loads(data_spec(d, "train")) for d in source_datasets(wildcards)]
 
 
 def target_train_spec(wildcards):
@@ -109,8 +114,7 @@ def target_train_spec(wildcards):
 
 def simclr_images_spec(wildcards):
     """The SimCLR rule's images: the chain's target, then its source train split(s)."""
-    specs = [json.loads(data_spec(d, "train")) for d in source_datasets(wildcards)]
-    return json.dumps([json.loads(target_train_spec(wildcards))] + specs)
+    return json.dumps([json.loads(target_train_spec(wildcards))] + source_specs(wildcards))
 
 
 def target_resize_json(wildcards):
