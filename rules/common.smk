@@ -73,6 +73,19 @@ def chain_seed(wildcards):
     return int(folder.removeprefix("seed_")) if folder else SEEDS[0]
 
 
+def method_seed(method=None):
+    """Input function: the seed of ``method``'s ({method} when None) runs under results/{chain}/:
+    the entry of ``<method>.seeds`` at the place of the folder's seed in ``seeds`` (CPSL's own
+    official seed), else the folder's seed."""
+
+    def seed(wildcards):
+        s = chain_seed(wildcards)
+        own = config.get(method or wildcards.method, {}).get("seeds")
+        return own[SEEDS.index(s)] if own else s
+
+    return seed
+
+
 def manifest(dataset):
     return f"results/data/{dataset}/manifest.csv"
 
@@ -106,6 +119,21 @@ def source_train_spec(wildcards):
 def source_specs(wildcards):
     """The train spec (a dict) of each of the chain's source datasets."""
     return [json.loads(data_spec(d, "train")) for d in source_datasets(wildcards)]
+
+
+def method_source_spec(method=None):
+    """Input function: the chain's source train set(s) as ``method`` ({method} when None) reads
+    them: at ``<method>.source_resize`` of a dataset where set (CPSL's own GTA5 size), else at the
+    dataset's resize."""
+
+    def spec(wildcards):
+        own = config.get(method or wildcards.method, {}).get("source_resize") or {}
+        specs = [
+            dict(s, resize=own.get(d, s["resize"])) for d, s in zip(source_datasets(wildcards), source_specs(wildcards))
+        ]
+        return json.dumps(specs if len(specs) > 1 else specs[0])
+
+    return spec
 
 
 def target_train_spec(wildcards):
@@ -158,12 +186,60 @@ def stage2_student_init(wildcards):
 
 
 def stage_options_json(stage):
-    return json.dumps(segconfig.stage_options(config, stage), sort_keys=True)
+    """The options JSON of a stage's job (``segconfig.job_options``)."""
+    return json.dumps(segconfig.job_options(config, stage), sort_keys=True)
 
 
 def distill_options_json(stage):
     """The options of ``{method}.<stage>`` (a distillation rule serves several methods)."""
     return lambda wildcards: stage_options_json(f"{wildcards.method}.{stage}")
+
+
+# --- best-on-val (segcore/train/best.py): the stages with Stage.best_on_val -------------
+
+
+def best_outputs(run):
+    """The best-on-val outputs of ``run`` ("proda/stage1", "{method}/stage2"), next to its model.pt."""
+    return dict(
+        model_best=f"results/{{chain}}/{run}/model_best.pt",
+        metrics_best=f"results/{{chain}}/{run}/metrics_best.json",
+    )
+
+
+def eval_spec(wildcards):
+    """JSON of the evaluation split (evaluate.split of the chain's target), which best-on-val selects on."""
+    return data_spec(chain_cfg(wildcards.chain)["target"], config["evaluate"]["split"])
+
+
+def val_every(stage):
+    """``val_every`` of ``stage`` ("proda.stage1", "{method}.stage2")."""
+    return lambda wildcards: segconfig.stage_options(config, stage.format(**dict(wildcards.items())))["val_every"]
+
+
+BEST_ARGS = (
+    " --val {params.val:q} --val-every {params.val_every}"
+    " --best-out {output.model_best:q} --best-metrics {output.metrics_best:q}"
+)
+
+
+def handoff_file(run):
+    """The checkpoint of ``run`` that the next stages read: model_best.pt where its stage keeps
+    one and its ``handoff`` is best, else model.pt."""
+    found = stages.stage_of_run(run)
+    if found is not None and found[1].best_on_val:
+        if segconfig.stage_options(config, found[1].config)["handoff"] == "best":
+            return "model_best.pt"
+    return "model.pt"
+
+
+def handoff(run):
+    """Input function: the checkpoint of ``run`` ("warmup", "{method}/stage1") the next stage reads."""
+
+    def path(wildcards):
+        r = run.format(**dict(wildcards.items()))
+        return f"results/{wildcards.chain}/{r}/{handoff_file(r)}"
+
+    return path
 
 
 def resume_dir(run):
@@ -180,10 +256,12 @@ TRAIN_LAUNCH = (
 )
 
 
-def train_command(args):
+def train_command(args, best_on_val=False):
     """The shell of a training job: its script (``params.script``) under TRAIN_LAUNCH with
-    ``args``, the log capturing both streams; every value reaches the shell quoted."""
-    return f"{TRAIN_LAUNCH} {{params.script:q}} {args} > {{log:q}} 2>&1"
+    ``args`` (and BEST_ARGS for a stage keeping a best-on-val checkpoint), the log capturing
+    both streams; every value reaches the shell quoted."""
+    best = BEST_ARGS if best_on_val else ""
+    return f"{TRAIN_LAUNCH} {{params.script:q}} {args}{best} > {{log:q}} 2>&1"
 
 
 def supervised_command(mode, unlabelled=False):
@@ -195,7 +273,7 @@ def supervised_command(mode, unlabelled=False):
     )
     if unlabelled:
         args += " --unlabelled {params.unlabelled:q}"
-    return train_command(args)
+    return train_command(args, best_on_val=True)
 
 
 def supervised_params(stage):
@@ -208,6 +286,8 @@ def supervised_params(stage):
         options=stage_options_json(stage),
         seed=chain_seed,
         resume_dir=resume_dir(stage),
+        val=eval_spec,
+        val_every=val_every(stage),
         code=code_version("train_source.py"),
     )
 
@@ -221,7 +301,8 @@ def distill_command(stage, init_kind):
         " --arch {params.arch} --options {params.options:q} --seed {params.seed}"
         " --teacher {input.teacher:q} --hard-labels {input.hard:q} --student-init {input.init:q}"
         f" --init-kind {init_kind} --out {{output.model:q}} --workdir {{params.resume_dir:q}}"
-        " --threads {threads}"
+        " --threads {threads}",
+        best_on_val=True,
     )
 
 
@@ -229,13 +310,15 @@ def distill_params(stage):
     """The params of a distillation job (stage 2 or 3 of {method})."""
     return dict(
         script=workflow_script("train_distill.py"),
-        source=source_train_spec,
+        source=method_source_spec(),
         target=target_train_spec,
         num_classes=num_classes,
         arch=config["model"]["arch"],
         options=distill_options_json(stage),
-        seed=chain_seed,
+        seed=method_seed(),
         resume_dir=resume_dir(f"{{method}}/{stage}"),
+        val=eval_spec,
+        val_every=val_every(f"{{method}}.{stage}"),
         code=code_version("train_distill.py"),
     )
 
@@ -247,7 +330,7 @@ def ddb_st_options_json(wildcards):
     """The options of a DDB ST path: ddb.st without the keys only the other path reads."""
     from segcore.methods.ddb.options import path_options
 
-    return json.dumps(path_options(segconfig.stage_options(config, "ddb.st"), wildcards.path), sort_keys=True)
+    return json.dumps(path_options(segconfig.job_options(config, "ddb.st"), wildcards.path), sort_keys=True)
 
 
 def ddb_imagenet_input(wildcards):
@@ -305,15 +388,27 @@ def table_rows():
     ]
 
 
+def table_best_rows():
+    """(chain, method, stage, best-on-val metrics of each seed) of the rows that keep one."""
+    return [
+        (c, m, s, [f"results/{root}/{run}/metrics_best.json" for root in seed_roots(c)])
+        for c in CHAINS
+        for run, (m, s) in TABLE_RUNS.items()
+        if run in stages.BEST_ON_VAL_RUNS
+    ]
+
+
 def table_metrics():
-    return [path for *_, paths in table_rows() for path in paths]
+    return [path for *_, paths in table_rows() + table_best_rows() for path in paths]
 
 
 def table_entry_args():
-    """--entry CHAIN METHOD STAGE METRICS of each row, once per seed (make_table.py averages)."""
+    """--entry CHAIN METHOD STAGE METRICS of each row, once per seed (make_table.py averages),
+    and --best the same way for the rows that keep a best-on-val checkpoint."""
     return " ".join(
-        "--entry {}".format(" ".join(shlex.quote(x) for x in (c, m, s, path)))
-        for c, m, s, paths in table_rows()
+        "--{} {}".format(flag, " ".join(shlex.quote(x) for x in (c, m, s, path)))
+        for flag, rows in (("entry", table_rows()), ("best", table_best_rows()))
+        for c, m, s, paths in rows
         for path in paths
     )
 
@@ -369,7 +464,7 @@ def uvpt_options_json(step):
     for the source model, ``base_width`` = the resized source width (crop without rescale)."""
 
     def options(wildcards):
-        opts = segconfig.stage_options(config, f"uvpt.{step}")
+        opts = segconfig.job_options(config, f"uvpt.{step}")
         opts["lr"] = opts.pop("backbone_lr", {}).get(wildcards.backbone) or opts["lr"]
         spec = json.loads(uvpt_data_spec("source")(wildcards))
         resize = (spec[0] if isinstance(spec, list) else spec)["resize"]
@@ -394,7 +489,9 @@ def seco_base_run(wildcards):
 
 
 def seco_base_model(wildcards):
-    return f"results/{wildcards.chain}/{seco_base_run(wildcards)}/model.pt"
+    """The base's checkpoint the SeCo sub-chain reads (its hand-off)."""
+    run = seco_base_run(wildcards)
+    return f"results/{wildcards.chain}/{run}/{handoff_file(run)}"
 
 
 def seco_quality_stores(wildcards):

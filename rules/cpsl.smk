@@ -32,13 +32,14 @@ rule cpsl_stage1:
     """Stage 1: learnable cosine prototypes trained by class-balanced self-labeling (Sinkhorn
     with the warm-up's class distribution as prior) rectify the warm-up soft labels."""
     input:
-        init="results/{chain}/warmup/model.pt",
+        init=handoff("warmup"),
         prototypes="results/{chain}/warmup/prototypes.pt",
         soft="results/{chain}/warmup/soft_labels.h5",
         class_distribution="results/{chain}/warmup/class_distribution.json",
         source=source_manifest,
         target=target_manifest,
     output:
+        **best_outputs("cpsl/stage1"),
         model="results/{chain}/cpsl/stage1/model.pt",
         prototypes="results/{chain}/cpsl/stage1/prototypes.pt",
     log:
@@ -52,12 +53,14 @@ rule cpsl_stage1:
         gpu=0,  # GPUs of the job (a profile sets them; >1: torchrun)
     params:
         script=workflow_script("train_cpsl_stage1.py"),
-        source=source_train_spec,
+        source=method_source_spec("cpsl"),
         target=target_train_spec,
         num_classes=num_classes,
         options=stage_options_json("cpsl.stage1"),
-        seed=chain_seed,
+        seed=method_seed("cpsl"),
         resume_dir=resume_dir("cpsl/stage1"),
+        val=eval_spec,
+        val_every=val_every("cpsl.stage1"),
         code=code_version("train_cpsl_stage1.py"),
     shell:
         train_command(
@@ -65,5 +68,6 @@ rule cpsl_stage1:
             " --options {params.options:q} --seed {params.seed} --init {input.init:q}"
             " --prototypes {input.prototypes:q} --soft-labels {input.soft:q}"
             " --class-distribution {input.class_distribution:q} --out {output.model:q}"
-            " --out-prototypes {output.prototypes:q} --workdir {params.resume_dir:q} --threads {threads}"
+            " --out-prototypes {output.prototypes:q} --workdir {params.resume_dir:q} --threads {threads}",
+            best_on_val=True,
         )

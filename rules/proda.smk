@@ -5,12 +5,13 @@
 
 rule proda_stage1:
     input:
-        init="results/{chain}/warmup/model.pt",
+        init=handoff("warmup"),
         prototypes="results/{chain}/warmup/prototypes.pt",
         soft="results/{chain}/warmup/soft_labels.h5",
         source=source_manifest,
         target=target_manifest,
     output:
+        **best_outputs("proda/stage1"),
         model="results/{chain}/proda/stage1/model.pt",
     log:
         "logs/proda_stage1/{chain}.log",
@@ -29,25 +30,29 @@ rule proda_stage1:
         options=stage_options_json("proda.stage1"),
         seed=chain_seed,
         resume_dir=resume_dir("proda/stage1"),
+        val=eval_spec,
+        val_every=val_every("proda.stage1"),
         code=code_version("train_proda_stage1.py"),
     shell:
         train_command(
             "--source {params.source:q} --target {params.target:q} --num-classes {params.num_classes}"
             " --options {params.options:q} --seed {params.seed} --init {input.init:q}"
             " --prototypes {input.prototypes:q} --soft-labels {input.soft:q} --out {output.model:q}"
-            " --workdir {params.resume_dir:q} --threads {threads}"
+            " --workdir {params.resume_dir:q} --threads {threads}",
+            best_on_val=True,
         )
 
 
 rule distill_stage2:
     """Stage 2: the stage-1 model teaches a fresh student (SimCLR weights, or ImageNet's)."""
     input:
-        teacher="results/{chain}/{method}/stage1/model.pt",
+        teacher=handoff("{method}/stage1"),
         hard="results/{chain}/{method}/stage1/hard_labels.h5",
         init=stage2_student_init,
         source=source_manifest,
         target=target_manifest,
     output:
+        **best_outputs("{method}/stage2"),
         model="results/{chain}/{method}/stage2/model.pt",
     log:
         "logs/distill_stage2/{chain}/{method}.log",
@@ -68,12 +73,13 @@ rule distill_stage2:
 rule distill_stage3:
     """Stage 3: the stage-2 model teaches a student initialised from itself."""
     input:
-        teacher="results/{chain}/{method}/stage2/model.pt",
+        teacher=handoff("{method}/stage2"),
         hard="results/{chain}/{method}/stage2/hard_labels.h5",
-        init="results/{chain}/{method}/stage2/model.pt",
+        init=handoff("{method}/stage2"),
         source=source_manifest,
         target=target_manifest,
     output:
+        **best_outputs("{method}/stage3"),
         model="results/{chain}/{method}/stage3/model.pt",
     log:
         "logs/distill_stage3/{chain}/{method}.log",

@@ -6,7 +6,7 @@
 rule soft_labels:
     """Softmax of the warm-up model on target train at the output stride (HDF5)."""
     input:
-        model="results/{chain}/warmup/model.pt",
+        model=handoff("warmup"),
         manifest=target_manifest,
     output:
         "results/{chain}/warmup/soft_labels.h5",
@@ -32,7 +32,7 @@ rule soft_labels:
 rule init_prototypes:
     """Class means of the warm-up model's features over its own argmax on target train."""
     input:
-        model="results/{chain}/warmup/model.pt",
+        model=handoff("warmup"),
         manifest=target_manifest,
     output:
         "results/{chain}/warmup/prototypes.pt",
@@ -56,7 +56,7 @@ rule init_prototypes:
 rule hard_labels:
     """Flip-averaged hard labels and confidences of a stage's model on target train."""
     input:
-        model="results/{chain}/{run}/model.pt",
+        model=handoff("{run}"),
         manifest=target_manifest,
     output:
         "results/{chain}/{run}/hard_labels.h5",

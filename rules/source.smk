@@ -6,8 +6,10 @@ rule source_only:
     """Baseline: the source labels only."""
     input:
         manifest=source_manifest,
+        val=target_manifest,  # its best-on-val validation
         weights=imagenet_input(),
     output:
+        **best_outputs("source_only"),
         model="results/{chain}/source_only/model.pt",
     log:
         "logs/source_only/{chain}.log",
@@ -31,6 +33,7 @@ rule oracle:
         manifest=target_manifest,
         weights=imagenet_input(),
     output:
+        **best_outputs("oracle"),
         model="results/{chain}/oracle/model.pt",
     log:
         "logs/oracle/{chain}.log",
@@ -57,6 +60,7 @@ if config["warmup"]["mode"] == "adversarial":
             target=target_manifest,
             weights=imagenet_input(),
         output:
+            **best_outputs("warmup"),
             model="results/{chain}/warmup/model.pt",
         log:
             "logs/warmup/{chain}.log",
@@ -79,19 +83,26 @@ else:
     rule warmup:
         """The warm-up is the source-only model (warmup.mode: source_only)."""
         input:
-            "results/{chain}/source_only/model.pt",
+            model="results/{chain}/source_only/model.pt",
+            model_best="results/{chain}/source_only/model_best.pt",
+            metrics_best="results/{chain}/source_only/metrics_best.json",
         output:
+            **best_outputs("warmup"),
             model="results/{chain}/warmup/model.pt",
         log:
             "logs/warmup/{chain}.log",
         benchmark:
             "logs/benchmark/warmup/{chain}.tsv"
-        localrule: True  # a file copy: never a cluster job (nor a GPU one)
+        localrule: True  # file copies: never a cluster job (nor a GPU one)
         conda:
             "../envs/segcore.yaml"
         shell:
-            # copy under a temporary name in the same folder, then rename: never half-written
-            "cp {input:q} {output.model:q}.tmp 2> {log:q} && mv {output.model:q}.tmp {output.model:q}"
+            # each copied under a temporary name in the same folder, then renamed: never half-written
+            "cp {input.model:q} {output.model:q}.tmp 2> {log:q} && mv {output.model:q}.tmp {output.model:q}"
+            " && cp {input.model_best:q} {output.model_best:q}.tmp 2>> {log:q}"
+            " && mv {output.model_best:q}.tmp {output.model_best:q}"
+            " && cp {input.metrics_best:q} {output.metrics_best:q}.tmp 2>> {log:q}"
+            " && mv {output.metrics_best:q}.tmp {output.metrics_best:q}"
 
 
 rule simclr:

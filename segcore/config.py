@@ -114,6 +114,11 @@ def validate(config: dict, schema: dict | None = None) -> dict:
                 f"config key 'chains.{name}.num_classes': SYNTHIA chains use the 16-class protocol,"
                 f" got {chain['num_classes']}"
             )
+    for method in METHODS:  # a method's own seeds replace `seeds` one for one
+        own = config.get(method.name, {}).get("seeds")
+        if own is not None and len(own) != len(config["seeds"]):
+            raise ConfigError(f"config key '{method.name}.seeds': {len(own)} seeds for the {len(config['seeds'])}"
+                              " of `seeds` (one each)")
     # every stage's merged options must be valid training options too
     train_schema = dict(schema["$defs"]["train_options"], **{"$defs": schema["$defs"]})
     train_keys = set(schema["$defs"]["train_options"]["properties"])
@@ -161,6 +166,18 @@ def stage_options(config: dict, stage: str) -> dict:
     opts = copy.deepcopy(config["train"])
     opts.update({k: copy.deepcopy(v) for k, v in section.items() if v is not None})
     return opts
+
+
+#: keys of a stage's options that the workflow reads, not its training job: how often it
+#: validates (its own ``--val-every``) and which checkpoint the next stages read
+WORKFLOW_KEYS = ("val_every", "handoff")
+
+
+def job_options(config: dict, stage: str) -> dict:
+    """The options a stage's job gets: ``stage_options`` without :data:`WORKFLOW_KEYS`, so that
+    switching the hand-off does not rerun the stage, and stages that never validate (DDB,
+    Uni-UVPT, SeCo) do not rerun when ``train.val_every`` changes."""
+    return {k: v for k, v in stage_options(config, stage).items() if k not in WORKFLOW_KEYS}
 
 
 def load_config_file(path) -> dict:

@@ -20,6 +20,7 @@ __all__ = [
     "METHODS",
     "TRAIN_STAGES",
     "TABLE_RUNS",
+    "BEST_ON_VAL_RUNS",
     "table_runs",
     "seco_stage",
     "ddb_stages",
@@ -43,6 +44,9 @@ class Stage:
     rule: str  #: the rule that writes its model.pt
     config: str | None  #: config section of its options ("proda.stage1"; None: no training options)
     row_method: str | None = None  #: the table's method column, when not the declaring method's
+    #: its rule also validates while training and keeps the best checkpoint:
+    #: ``results/{chain}/{run}/model_best.pt`` and ``metrics_best.json`` (segcore.train.best)
+    best_on_val: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class Method:
 
 SOURCE_ONLY = Method(
     "source_only",
-    (Stage("source_only", run="source_only", rule="source_only", config="source_only"),),
+    (Stage("source_only", run="source_only", rule="source_only", config="source_only", best_on_val=True),),
     rule_file="rules/source.smk",
     schema="source_only.schema.yaml",
     published=False,
@@ -64,16 +68,16 @@ SOURCE_ONLY = Method(
 # the adversarial warm-up every adaptation method starts from; the papers report it as ProDA's
 WARMUP = Method(
     "warmup",
-    (Stage("warmup", run="warmup", rule="warmup", config="warmup", row_method="proda"),),
+    (Stage("warmup", run="warmup", rule="warmup", config="warmup", row_method="proda", best_on_val=True),),
     rule_file="rules/source.smk",
     schema="warmup.schema.yaml",
 )
 PRODA = Method(
     "proda",
     (
-        Stage("stage1", run="proda/stage1", rule="proda_stage1", config="proda.stage1"),
-        Stage("stage2", run="proda/stage2", rule="distill_stage2", config="proda.stage2"),
-        Stage("stage3", run="proda/stage3", rule="distill_stage3", config="proda.stage3"),
+        Stage("stage1", run="proda/stage1", rule="proda_stage1", config="proda.stage1", best_on_val=True),
+        Stage("stage2", run="proda/stage2", rule="distill_stage2", config="proda.stage2", best_on_val=True),
+        Stage("stage3", run="proda/stage3", rule="distill_stage3", config="proda.stage3", best_on_val=True),
     ),
     rule_file="rules/proda.smk",
     schema="proda.schema.yaml",
@@ -82,9 +86,9 @@ PRODA = Method(
 CPSL = Method(
     "cpsl",
     (
-        Stage("stage1", run="cpsl/stage1", rule="cpsl_stage1", config="cpsl.stage1"),
-        Stage("stage2", run="cpsl/stage2", rule="distill_stage2", config="cpsl.stage2"),
-        Stage("stage3", run="cpsl/stage3", rule="distill_stage3", config="cpsl.stage3"),
+        Stage("stage1", run="cpsl/stage1", rule="cpsl_stage1", config="cpsl.stage1", best_on_val=True),
+        Stage("stage2", run="cpsl/stage2", rule="distill_stage2", config="cpsl.stage2", best_on_val=True),
+        Stage("stage3", run="cpsl/stage3", rule="distill_stage3", config="cpsl.stage3", best_on_val=True),
     ),
     rule_file="rules/cpsl.smk",
     schema="cpsl.schema.yaml",
@@ -145,7 +149,7 @@ SECO = Method(
 )
 ORACLE = Method(
     "oracle",
-    (Stage("oracle", run="oracle", rule="oracle", config="oracle"),),
+    (Stage("oracle", run="oracle", rule="oracle", config="oracle", best_on_val=True),),
     rule_file="rules/source.smk",
     schema="oracle.schema.yaml",
     published=False,
@@ -165,6 +169,8 @@ _STAGES = [(m, s) for m in METHODS for s in m.stages]
 TRAIN_STAGES: tuple[str, ...] = tuple(s.config for _, s in _STAGES if s.config is not None)
 #: rows of the results table under the default seco.bases: run folder -> (method, stage)
 TABLE_RUNS: dict[str, tuple[str, str]] = {s.run: (s.row_method or m.name, s.name) for m, s in _STAGES}
+#: run folders whose rule keeps a best-on-val checkpoint
+BEST_ON_VAL_RUNS: tuple[str, ...] = tuple(s.run for _, s in _STAGES if s.best_on_val)
 
 
 def table_runs(seco_bases=SECO_DEFAULT_BASES, ddb_rounds: int = DDB_DEFAULT_ROUNDS) -> dict[str, tuple[str, str]]:

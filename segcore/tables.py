@@ -141,7 +141,7 @@ def results_table(entries: list[dict], published_csv=None) -> pd.DataFrame:
 
     ``entries``: dicts with ``chain``, ``method``, ``stage``, ``metrics`` (path of a
     summarize() JSON, or a list of them: one per seed, averaged, with the sample std and the
-    count in ``*_std`` and ``seeds``), optional ``metrics_best`` (same, for the checkpoint selected on the
+    count in ``*_std`` and ``seeds``), optional ``metrics_best`` (same, one per seed, for the checkpoint selected on the
     evaluation set) and optional ``note``. Scores are in percent; NaN where undefined.
     """
     published = load_published(published_csv) if published_csv is not None else None
@@ -163,12 +163,14 @@ def results_table(entries: list[dict], published_csv=None) -> pd.DataFrame:
         row["mIoU"], row["mIoU_std"] = _mean_std(x[metric] for x in seeds)
         row["mIoU13"], row["mIoU13_std"] = _mean_std(x.get("mIoU13") for x in seeds)
         row["seeds"] = len(seeds)
-        if e.get("metrics_best") is not None:
-            b = _load_metrics(e["metrics_best"])
-            if b["num_classes"] != n:
+        if e.get("metrics_best") is not None:  # one file per seed, as ``metrics``: their mean
+            best = _seed_metrics(e["metrics_best"])
+            if best[0]["num_classes"] != n:
                 raise ValueError(f"{e['metrics_best']}: class count differs from {e['metrics']}")
-            row["best_on_val_mIoU"] = _num(b[metric])
-            row["best_on_val_mIoU13"] = _num(b.get("mIoU13"))
+            if len(best) != len(seeds):
+                raise ValueError(f"{e['metrics_best']}: {len(best)} best-on-val files for {len(seeds)} seeds")
+            row["best_on_val_mIoU"] = _mean_std(x[metric] for x in best)[0]
+            row["best_on_val_mIoU13"] = _mean_std(x.get("mIoU13") for x in best)[0]
         for name in m["iou"]:
             if f"iou_{name}" not in row:
                 raise ValueError(f"{e['metrics']}: unknown class {name!r}")

@@ -116,3 +116,38 @@ def test_multi_source_chain_plans_every_method_on_the_union(real_layout):
     assert len(uvpt) == 2 and all(u[1]["resize"] == [1280, 720] for u in uvpt)
     assert all(u == both for u in unions if u not in uvpt)
     assert "results/gta5_synthia_to_cityscapes/ddb/r2_ckd/model.pt" in proc.stdout
+
+
+@pytest.mark.parametrize("chain, cpsl_size", [("gta5_to_cityscapes", [2048, 1024]),
+                                              ("synthia_to_cityscapes", [1280, 760])])
+def test_full_scale_cpsl_and_proda_follow_their_own_recipes(real_layout, chain, cpsl_size):
+    """CPSL's stages read GTA5 at its own 2048x1024 with its seed 6523 and keep its LAB transfer,
+    blur and jitter in stages 2-3; ProDA's read the dataset's size with 1337 and neither; every
+    ProDA/CPSL stage validates every 1000 iterations and hands its best to the next."""
+    import json
+    import re
+
+    proc = snakemake(real_layout, "-n", "-p", "--configfile", str(ROOT / "configs" / f"{chain}.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    proda_size = [1914, 1052] if chain.startswith("gta5") else [1280, 760]
+    for script, stage, size, seed, cpsl in (("train_cpsl_stage1.py", None, cpsl_size, 6523, True),
+                                            ("train_proda_stage1.py", None, proda_size, 1337, False),
+                                            ("train_distill.py", "cpsl_stage2", cpsl_size, 6523, True),
+                                            ("train_distill.py", "cpsl_stage3", cpsl_size, 6523, True),
+                                            ("train_distill.py", "proda_stage2", proda_size, 1337, False),
+                                            ("train_distill.py", "proda_stage3", proda_size, 1337, False)):
+        line = next(ln for ln in lines if script in ln and (stage is None or f"--stage {stage} " in ln))
+        assert json.loads(re.search(r"--source '(.*?)'", line).group(1))["resize"] == size, (script, stage)
+        assert f"--seed {seed} " in line and "--val-every 1000 " in line, (script, stage)
+        opts = json.loads(re.search(r"--options '(.*?)'", line).group(1))
+        assert "val_every" not in opts and "handoff" not in opts
+        want = (True, 0.5, 0.4) if cpsl else (False, 0.0, 0.0)
+        if script == "train_proda_stage1.py":  # ProDA's stage 1 has none of these keys
+            want = (None, None, None)
+        assert (opts.get("lab_transfer"), opts.get("blur_p"), opts.get("jitter")) == want, (script, stage)
+        if stage is not None:
+            method, n = stage.split("_stage")
+            teacher = f"results/{chain}/{method}/stage{int(n) - 1}/model_best.pt"
+            assert f"--teacher {teacher} " in line, (stage, line)
+    assert any(f"--init results/{chain}/warmup/model_best.pt " in ln for ln in lines if "train_cpsl_stage1" in ln)

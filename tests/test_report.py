@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from segcore import stages
 from workflow_helpers import planned_jobs, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.workflow
@@ -52,10 +53,16 @@ def test_summary_and_per_class_tables_follow_the_results_table_and_fit_a_screen(
     results = pd.read_csv(work / "results/tables/results.csv")
     summary = pd.read_csv(work / "results/tables/summary.csv")
     per_class = pd.read_csv(work / "results/tables/per_class.csv")
-    assert len(summary) == len(per_class) == len(results)
-    assert (summary["checkpoint"] == "last").all()
-    assert summary["mIoU"].tolist() == pytest.approx(results["mIoU"].tolist(), nan_ok=True)
-    assert summary["diff"].tolist() == pytest.approx((results["mIoU"] - results["published"]).tolist(), nan_ok=True)
+    assert len(per_class) == len(results)
+    # each row's last checkpoint, then its best-on-val one where the results table has it
+    best = results["best_on_val_mIoU"].notna()
+    assert 0 < best.sum() < len(results) and len(summary) == len(results) + best.sum()
+    last = summary[summary["checkpoint"] == "last"]
+    assert len(last) == len(results) and set(summary["checkpoint"]) == {"last", "best-on-val"}
+    assert last["mIoU"].tolist() == pytest.approx(results["mIoU"].tolist(), nan_ok=True)
+    assert last["diff"].tolist() == pytest.approx((results["mIoU"] - results["published"]).tolist(), nan_ok=True)
+    assert summary.loc[summary["checkpoint"] == "best-on-val", "mIoU"].tolist() == pytest.approx(
+        results.loc[best, "best_on_val_mIoU"].tolist())
     assert per_class["sidew"].tolist() == pytest.approx(results["iou_sidewalk"].tolist(), nan_ok=True)
     for name, width in (("summary", 100), ("per_class", 180), ("results", 10_000)):
         md = (work / f"results/tables/{name}.md").read_text()
@@ -148,7 +155,9 @@ def test_report_page_loads_in_a_browser_with_its_tables_and_images(report, tmp_p
                           "new TextDecoder().decode(Uint8Array.from(atob(r.data_uri.split(',')[1]),"
                           " c => c.charCodeAt(0))),"
                           " 'text/html'); return [p, d.querySelectorAll('table tbody tr').length]; }))")
-        assert rows["results/tables/summary.html"] == rows["results/tables/per_class.html"] == 2 * 20
+        # a row per run, and a best-on-val row for each of the 9 runs per chain that keep one
+        assert rows["results/tables/per_class.html"] == 2 * 20
+        assert rows["results/tables/summary.html"] == 2 * (20 + len(stages.BEST_ON_VAL_RUNS))
         assert rows["results/report/cost/jobs.html"] > 100 and rows["results/report/cost/rules.html"] > 20
         # open the summary table and an overlay figure as a person would, and take screenshots
         shots = []

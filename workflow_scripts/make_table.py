@@ -33,7 +33,10 @@ def build_entries(args) -> list[dict]:
             key = (chain, method, stage)
             if key not in entries:
                 raise ValueError(f"--{opt} {' '.join(key)} has no matching --entry")
-            entries[key][field] = value
+            if opt == "best":  # one per seed, in the order of the row's --entry files
+                entries[key].setdefault(field, []).append(value)
+            else:
+                entries[key][field] = value
     return list(entries.values())
 
 
@@ -44,7 +47,8 @@ def main(argv=None) -> int:
                    help="one table row: metrics of the last checkpoint (repeatable; the same row again"
                    " adds a seed, and the row gives the mean, the std and the count)")
     p.add_argument("--best", nargs=4, action="append", metavar=("CHAIN", "METHOD", "STAGE", "METRICS_JSON"),
-                   help="metrics of the checkpoint selected on the evaluation set for a row (optional)")
+                   help="metrics of the checkpoint selected on the evaluation set for a row (optional; repeated"
+                   " once per seed of the row, as --entry)")
     p.add_argument("--note", nargs=4, action="append", metavar=("CHAIN", "METHOD", "STAGE", "TEXT"),
                    help="free-text note for a row (optional)")
     p.add_argument("--published", help="published_results.csv (optional)")

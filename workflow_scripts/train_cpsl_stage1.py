@@ -6,7 +6,7 @@ import sys
 from segcore import preflight
 from segcore.pseudo.class_distribution import read_class_distribution
 from segcore.pseudo.prototypes import load_prototypes
-from segcore.train import cpsl_stage1, distributed
+from segcore.train import best, cpsl_stage1, distributed
 
 
 def main():
@@ -21,6 +21,7 @@ def main():
                    help="learnt prototypes to write (prototypes.pt, with their EMA copy)")
     p.add_argument("--workdir", required=True,
                    help="folder of the rolling resume state (kept after a kill, removed at the end)")
+    best.add_arguments(p)
     distributed.add_launch_arguments(p)
     distributed.launch(_run, p.parse_args())
 
@@ -31,11 +32,12 @@ def _run(a):
     preflight.check_store(a.soft_labels, "soft", keys, a.num_classes)
     load_prototypes(a.prototypes, a.num_classes)
     read_class_distribution(a.class_distribution, a.num_classes)
+    selection = best.from_arguments(a, a.num_classes)
     job = cpsl_stage1.CPSLStage1Job(
         source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes, options=opts,
         seed=a.seed, init=a.init, prototypes=a.prototypes, soft_labels=a.soft_labels,
         class_distribution=a.class_distribution, out=a.out, out_prototypes=a.out_prototypes, workdir=a.workdir,
-        num_workers=distributed.loader_workers(a.workers))
+        num_workers=distributed.loader_workers(a.workers), best=selection)
     cpsl_stage1.run(job, log=lambda s: print(s, flush=True))
 
 

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from segcore import preflight
-from segcore.train import distill_loop, distributed
+from segcore.train import best, distill_loop, distributed
 
 
 def main():
@@ -24,6 +24,7 @@ def main():
     p.add_argument("--out", required=True, help="checkpoint of this stage to write (model.pt)")
     p.add_argument("--workdir", required=True,
                    help="folder of the rolling resume state (kept after a kill, removed at the end)")
+    best.add_arguments(p)
     distributed.add_launch_arguments(p)
     distributed.launch(_run, p.parse_args())
 
@@ -36,11 +37,12 @@ def _run(a):
     elif not Path(a.student_init).is_file():
         raise ValueError(f"{a.student_init}: {'SimCLR' if a.init_kind == 'simclr' else 'ImageNet'} backbone not found")
     preflight.check_store(a.hard_labels, "hard", keys, a.num_classes)
+    selection = best.from_arguments(a, a.num_classes)
     job = distill_loop.DistillJob(
         source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes, arch=a.arch,
         options=json.loads(a.options), seed=a.seed, teacher=a.teacher, hard_labels=a.hard_labels,
         student_init=a.student_init, init_kind=a.init_kind, stage=a.stage, out=a.out, workdir=a.workdir,
-        num_workers=distributed.loader_workers(a.workers))
+        num_workers=distributed.loader_workers(a.workers), best=selection)
     distill_loop.run(job, log=lambda s: print(s, flush=True))
 
 

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from segcore import preflight
-from segcore.train import distributed, proda_stage1
+from segcore.train import best, distributed, proda_stage1
 
 
 def main():
@@ -17,6 +17,7 @@ def main():
     p.add_argument("--out", required=True, help="stage-1 checkpoint to write (model.pt)")
     p.add_argument("--workdir", required=True,
                    help="folder of the rolling resume state (kept after a kill, removed at the end)")
+    best.add_arguments(p)
     distributed.add_launch_arguments(p)
     distributed.launch(_run, p.parse_args())
 
@@ -27,11 +28,12 @@ def _run(a):
     preflight.check_store(a.soft_labels, "soft", keys, a.num_classes)
     if not Path(a.prototypes).is_file():
         raise ValueError(f"{a.prototypes}: prototypes file not found")
+    selection = best.from_arguments(a, a.num_classes)
     job = proda_stage1.Stage1Job(
         source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes,
         options=json.loads(a.options), seed=a.seed, init=a.init, prototypes=a.prototypes,
         soft_labels=a.soft_labels, out=a.out, workdir=a.workdir,
-        num_workers=distributed.loader_workers(a.workers))
+        num_workers=distributed.loader_workers(a.workers), best=selection)
     proda_stage1.run(job, log=lambda s: print(s, flush=True))
 
 

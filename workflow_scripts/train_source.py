@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from segcore import preflight
-from segcore.train import distributed, source_loop
+from segcore.train import best, distributed, source_loop
 
 
 def main():
@@ -23,6 +23,7 @@ def main():
     p.add_argument("--out", required=True, help="checkpoint to write (model.pt)")
     p.add_argument("--workdir", required=True,
                    help="folder of the rolling resume state (kept after a kill, removed at the end)")
+    best.add_arguments(p)
     distributed.add_launch_arguments(p)
     distributed.launch(_run, p.parse_args())
 
@@ -35,10 +36,11 @@ def _run(a):
         preflight.check_data(json.loads(a.unlabelled), "--unlabelled", batch_size=opts.get("batch_size"), labels=False)
     if a.imagenet_weights and not Path(a.imagenet_weights).is_file():
         raise ValueError(f"{a.imagenet_weights}: ImageNet weights not found (config key 'model.imagenet_weights')")
+    selection = best.from_arguments(a, a.num_classes)
     job = source_loop.SupervisedJob(
         mode=a.mode, labelled=json.loads(a.labelled), num_classes=a.num_classes, arch=a.arch,
         options=json.loads(a.options), seed=a.seed, out=a.out, workdir=a.workdir,
-        num_workers=distributed.loader_workers(a.workers),
+        num_workers=distributed.loader_workers(a.workers), best=selection,
         unlabelled=json.loads(a.unlabelled) if a.unlabelled else None,
         imagenet_weights=a.imagenet_weights or None)
     source_loop.run(job, log=lambda s: print(s, flush=True))

@@ -6,7 +6,7 @@ import json
 import sys
 
 from segcore import preflight
-from segcore.models.uvpt import UVPT_ARCHS
+from segcore.models.uvpt_presets import UVPT_ARCHS
 from segcore.train import distributed, uvpt_adapt
 
 

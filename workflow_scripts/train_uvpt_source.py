@@ -5,7 +5,8 @@ import json
 import sys
 
 from segcore import preflight
-from segcore.models.uvpt import PRESETS, build_uvpt, load_imagenet_encoder
+from segcore.models.uvpt import build_uvpt, load_imagenet_encoder
+from segcore.models.uvpt_presets import PRESETS
 from segcore.train import distributed, uvpt_source
 
 

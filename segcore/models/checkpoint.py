@@ -80,7 +80,7 @@ def load_model(path, map_location="cpu", expect_num_classes: int | None = None):
         raise ValueError(f"{path}: not a segcore checkpoint (meta lacks {', '.join(lacking)})")
     arch, num_classes, bn_clr = meta["arch"], meta["num_classes"], meta["bn_clr"]
     from .ddb_net import DDB_ARCHS, build_ddb_net  # DDB's ResNetV1c networks
-    from .uvpt import UVPT_ARCHS, build_from_meta  # Uni-UVPT's transformer networks
+    from .uvpt_presets import UVPT_ARCHS  # Uni-UVPT's transformer networks (built below, when named)
     if arch not in ARCHS and arch not in DDB_ARCHS and arch not in UVPT_ARCHS:
         raise ValueError(f"{path}: architecture mismatch: unknown arch {arch!r} "
                          f"(known: {', '.join(sorted(ARCHS))})")
@@ -89,6 +89,8 @@ def load_model(path, map_location="cpu", expect_num_classes: int | None = None):
     if expect_num_classes is not None and num_classes != expect_num_classes:
         raise ValueError(f"{path}: checkpoint has {num_classes} classes, expected {expect_num_classes}")
     if arch in UVPT_ARCHS:
+        from .uvpt import build_from_meta
+
         model = build_from_meta(meta)
     else:
         model = (build_ddb_net(num_classes, arch) if arch in DDB_ARCHS

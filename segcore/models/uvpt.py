@@ -12,8 +12,6 @@ Checkpoints: ``meta["arch"] = "uvpt_<backbone>"`` and ``meta["adapter"]``; see
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
@@ -21,27 +19,10 @@ from .daformer_head import DAFormerHead
 from .mit import MIT_SPECS, MixTransformer, load_mit_weights
 from .prompt_adapter import ADAPTER_SPECS, PromptAdapter
 from .swin import SWIN_SPECS, SwinEncoder, load_swin_weights
+from .uvpt_presets import ARCH_PREFIX, PRESETS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ARCH_PREFIX = "uvpt_"
-
-
-@dataclass(frozen=True)
-class Preset:
-    family: str                 # "swin" or "mit"
-    adapter: str                # key of ADAPTER_SPECS
-    head_width: int
-    dilations: tuple[int, ...]
-
-
-PRESETS = {
-    "swin_b": Preset("swin", "official", 256, (1, 6, 12, 18)),
-    "mit_b5": Preset("mit", "official", 256, (1, 6, 12, 18)),
-    "swin_small": Preset("swin", "small", 32, (1, 2, 3, 4)),
-    "mit_small": Preset("mit", "small", 32, (1, 2, 3, 4)),
-}
-UVPT_ARCHS = tuple(ARCH_PREFIX + b for b in PRESETS)   # checkpoint ``meta["arch"]`` values
 
 
 def _encoder(backbone: str):
@@ -143,5 +124,5 @@ def parameter_counts(net: UVPTNet) -> dict:
     return out
 
 
-__all__ = ["UVPTNet", "PRESETS", "build_uvpt", "build_from_meta", "load_imagenet_encoder", "set_backbone_frozen",
-           "param_groups", "parameter_counts", "ARCH_PREFIX", "UVPT_ARCHS"]
+__all__ = ["UVPTNet", "build_uvpt", "build_from_meta", "load_imagenet_encoder", "set_backbone_frozen",
+           "param_groups", "parameter_counts"]

@@ -59,8 +59,9 @@ def _diff(ours, paper) -> float:
 
 def summary_table(results: pd.DataFrame) -> pd.DataFrame:
     """chain, method, stage, metric, mIoU, paper, diff, mIoU13, paper_mIoU13, diff_mIoU13,
-    checkpoint ("last": the primary number; best-on-val when the results table has it), and
-    over several seeds the mean (mIoU, mIoU13), std (mIoU_std, mIoU13_std) and count (seeds)."""
+    checkpoint ("last": the primary number; then a "best-on-val" row where the results table
+    has one, selected on the evaluation split), and over several seeds the mean (mIoU, mIoU13),
+    std (mIoU_std, mIoU13_std; the last checkpoint's only) and count (seeds)."""
     rows = []
     for r in results.itertuples(index=False):
         rows.append({
@@ -75,7 +76,7 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
         if isinstance(best, float) and not math.isnan(best):
             rows.append({**rows[-1], "mIoU": best, "diff": _diff(best, r.published),
                          "mIoU13": r.best_on_val_mIoU13, "diff_mIoU13": _diff(r.best_on_val_mIoU13, r.published_mIoU13),
-                         "checkpoint": "best-on-val", "mIoU_std": math.nan, "mIoU13_std": math.nan, "seeds": 1})
+                         "checkpoint": "best-on-val", "mIoU_std": math.nan, "mIoU13_std": math.nan})
     return pd.DataFrame(rows)
 
 

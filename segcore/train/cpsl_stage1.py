@@ -39,6 +39,7 @@ from ..pseudo.class_distribution import read_class_distribution
 from ..pseudo.prototypes import load_prototypes
 from ..pseudo.store import SoftStore
 from . import distributed as D
+from .best import BestOnVal
 from .common import (
     Accel,
     image_set,
@@ -71,6 +72,7 @@ class CPSLStage1Job:
     workdir: str
     num_workers: int = 0
     device: str | None = None  # None: the process's device (distributed.device())
+    best: BestOnVal | None = None  # validate on the evaluation split, keep the best checkpoint
 
 
 def fill_empty_prototypes(protos: torch.Tensor, seed: int, log=print) -> torch.Tensor:
@@ -209,6 +211,7 @@ def run(job: CPSLStage1Job, log=print, on_iteration=None) -> dict:
 
         return Training(
             model=student, optimizers=[optimizer], step=step, save=save,
+            checkpoint=lambda path, extra: save_model(path, student, out["meta"] | extra),
             parts={"model": student, "teacher": teacher, "prototypes": protos, "memory": memory,
                    "optimizer": optimizer},
             batches=lambda start: zip(*source_target_batches(src, tgt, opts, job.seed, start, accel, job.num_workers)),
@@ -216,5 +219,5 @@ def run(job: CPSLStage1Job, log=print, on_iteration=None) -> dict:
             same=lambda: (student, teacher.module, protos, *memory.buffers.values()))
 
     run_training(build, options=opts, seed=job.seed, workdir=job.workdir, settings=job_settings(job),
-                 device=job.device, log=log, on_iteration=on_iteration)
+                 device=job.device, log=log, on_iteration=on_iteration, best=job.best)
     return out["meta"]

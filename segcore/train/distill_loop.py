@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..data.classes import class_names
+from ..data.lab_transfer import LabTransferSet
 from ..data.strong_view import StrongView
 from ..data.target_views import TargetViews
 from ..methods.distill import distill_target_loss
@@ -19,6 +20,7 @@ from ..models.deeplabv2 import build_deeplabv2
 from ..models.weights import load_imagenet_backbone, load_simclr_backbone
 from ..pseudo.store import HardStore
 from . import distributed as D
+from .best import BestOnVal
 from .common import image_set, job_settings, labelled_set, make_sgd, source_target_batches, weak_view
 from .runner import Training, run_training
 
@@ -40,6 +42,7 @@ class DistillJob:
     workdir: str
     num_workers: int = 0
     device: str | None = None         # None: the process's device (distributed.device())
+    best: BestOnVal | None = None     # validate on the evaluation split, keep the best checkpoint
 
 
 def build_student(job: DistillJob):
@@ -52,6 +55,25 @@ def build_student(job: DistillJob):
     model = build_deeplabv2(job.num_classes, job.arch, bn_clr=True)  # SimCLR statistics need bn_clr
     load_simclr_backbone(model, job.student_init)
     return model
+
+
+def data_sets(job: DistillJob):
+    """The source set (weak view; CPSL's LAB transfer with ``lab_transfer``) and the target
+    views (weak and strong, CPSL's blur and jitter with ``blur_p`` / ``jitter``, the teacher's
+    hard labels) of a distillation stage."""
+    opts = job.options
+    src = labelled_set(job.source, job.num_classes, opts)
+    base = image_set(job.target, job.num_classes)
+    if opts["lab_transfer"]:  # CPSL's loaders colour-transfer the source in every stage
+        src = LabTransferSet(src, base)
+    hard = HardStore(job.hard_labels, expect_keys=base.keys, expect_classes=job.num_classes)
+    if opts["threshold"] is not None and not hard.supports(opts["threshold"]):  # fail now, not in a worker
+        hard.thresholded(0, opts["threshold"])  # raises the store's one-line error naming the file
+    strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"],
+                        blur_p=opts["blur_p"], jitter=opts["jitter"], jitter_p=opts["jitter_p"])
+    tgt = TargetViews(base, weak_view(opts), strong, hard_store=hard, threshold=opts["threshold"],
+                      label_stride=opts["label_stride"], keep_full=False)
+    return src, tgt
 
 
 def train_step(student, teacher, optimizer, s: dict, t: dict, opts: dict, accel) -> dict:
@@ -82,14 +104,7 @@ def run(job: DistillJob, log=print, on_iteration=None) -> dict:
         teacher = accel.place(teacher.eval().requires_grad_(False))
         optimizer = make_sgd(student, opts)
 
-        src = labelled_set(job.source, job.num_classes, opts)
-        base = image_set(job.target, job.num_classes)
-        hard = HardStore(job.hard_labels, expect_keys=base.keys, expect_classes=job.num_classes)
-        if opts["threshold"] is not None and not hard.supports(opts["threshold"]):  # fail now, not in a worker
-            hard.thresholded(0, opts["threshold"])  # raises the store's one-line error naming the file
-        strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"])
-        tgt = TargetViews(base, weak_view(opts), strong, hard_store=hard, threshold=opts["threshold"],
-                          label_stride=opts["label_stride"], keep_full=False)
+        src, tgt = data_sets(job)
 
         def step(batch):
             s, t = batch
@@ -99,8 +114,9 @@ def run(job: DistillJob, log=print, on_iteration=None) -> dict:
             model=student, parts={"model": student, "optimizer": optimizer}, optimizers=[optimizer], step=step,
             batches=lambda start: zip(*source_target_batches(src, tgt, opts, job.seed, start, accel, job.num_workers)),
             save=lambda _: save_model(job.out, student, meta), broadcast=(student,), compile=(student, teacher),
+            checkpoint=lambda path, extra: save_model(path, student, meta | extra),
             same=(student,))
 
     run_training(build, options=opts, seed=job.seed, workdir=job.workdir, settings=job_settings(job),
-                 device=job.device, log=log, on_iteration=on_iteration)
+                 device=job.device, log=log, on_iteration=on_iteration, best=job.best)
     return meta

@@ -22,6 +22,7 @@ from ..models.checkpoint import save_model
 from ..pseudo.prototypes import PrototypeBank
 from ..pseudo.store import SoftStore
 from . import distributed as D
+from .best import BestOnVal
 from .common import (
     Accel,
     image_set,
@@ -49,6 +50,7 @@ class Stage1Job:
     workdir: str
     num_workers: int = 0
     device: str | None = None         # None: the process's device (distributed.device())
+    best: BestOnVal | None = None     # validate on the evaluation split, keep the best checkpoint
 
 
 def train_step(student, teacher, bank, optimizer, s: dict, t: dict, opts: dict, accel: Accel,
@@ -102,9 +104,10 @@ def run(job: Stage1Job, log=print, on_iteration=None) -> dict:
             optimizers=[optimizer], step=step,
             batches=lambda start: zip(*source_target_batches(src, tgt, opts, job.seed, start, accel, job.num_workers)),
             save=lambda _: save_model(job.out, student, out["meta"]),
+            checkpoint=lambda path, extra: save_model(path, student, out["meta"] | extra),
             broadcast=lambda: (student, teacher.module, bank.protos), compile=(student, teacher.module),
             same=lambda: (student, teacher.module, bank.protos))
 
     run_training(build, options=opts, seed=job.seed, workdir=job.workdir, settings=job_settings(job),
-                 device=job.device, log=log, on_iteration=on_iteration)
+                 device=job.device, log=log, on_iteration=on_iteration, best=job.best)
     return out["meta"]

@@ -11,10 +11,12 @@ prototypes, a memory or a discriminator, the batches and one step) and hands it 
    job's settings): restored when it belongs to this job, then the parts are broadcast from
    rank 0 (DDP) and optionally ``torch.compile``d;
 4. the loop: the LR schedule (``schedule.lr_factor``) on every optimiser, one ``step`` per
-   iteration, progress lines with rate / elapsed / ETA (``segcore.progress``), periodic
-   validation (``val_every``), a rolling snapshot every ``checkpoint_every`` iterations;
+   iteration, progress lines with rate / elapsed / ETA (``segcore.progress``), a rolling
+   snapshot every ``checkpoint_every`` iterations; with ``best`` (``segcore.train.best``),
+   validation on the evaluation split every ``val_every`` iterations and at the end, keeping
+   the best checkpoint;
 5. the end: the parts checked identical on every rank, ``save`` on rank 0 (the declared outputs,
-   written atomically), the resume state removed.
+   written atomically), the best checkpoint and its metrics, the resume state removed.
 
 Data order and views are pure functions of (seed, iteration) (``datasets.infinite_loader``) and
 the snapshot holds the RNG states, so a resumed run continues bit-identically on the CPU.
@@ -30,6 +32,7 @@ import torch
 
 from ..progress import Meter
 from . import distributed as D
+from .best_checkpoint import BestCheckpoint
 from .common import Accel, freeze_bn, start_run
 from .resume import RollingState, fingerprint
 from .rng import get_rng_state, set_rng_state
@@ -54,7 +57,8 @@ class Training:
     broadcast: tuple | Callable[[], tuple] = ()
     same: tuple | Callable[[], tuple] = ()
     compile: tuple = ()                      # modules to torch.compile (``compile`` option)
-    validate: Callable[[int], dict] | None = None   # metrics of the model now (every ``val_every`` iterations)
+    # checkpoint(path, meta): writes ``model`` now as a checkpoint with ``meta`` added (best-on-val)
+    checkpoint: Callable[[str, dict], None] | None = None
     lr_factor: Callable[[int], float] | None = None  # the schedule; default: ``schedule.lr_factor(options)``
 
 
@@ -108,12 +112,17 @@ def train_mode(model: torch.nn.Module, options: dict) -> None:
 
 
 def run_training(build: Callable[[Accel, Callable], Training], *, options: dict, seed: int, workdir: str,
-                 settings, device=None, log=print, on_iteration=None) -> Finished:
+                 settings, device=None, log=print, on_iteration=None, best=None) -> Finished:
     """Train what ``build`` makes. ``settings`` (JSON-able: the job without its machine fields)
     fingerprints the resume state; ``on_iteration(done, logs)`` is called after each iteration,
-    once that iteration's snapshot is written (tests stop a run there)."""
+    once that iteration's snapshot is written (tests stop a run there); ``best``, a
+    ``segcore.train.best.BestOnVal`` (not imported here: only the stages that validate depend on
+    the evaluation code): validate and keep the best checkpoint (``Training.checkpoint`` writes it)."""
     accel, log = start_run(options, seed, device, log)
+    selector = BestCheckpoint(workdir, best.key, best.val["split"]) if best is not None else None
     tr = build(accel, log)
+    if selector is not None and tr.checkpoint is None:
+        raise TypeError("best-on-val needs the method's Training.checkpoint")
     state = RollingState(Path(workdir) / "resume.pt", options["checkpoint_every"],
                          fingerprint([settings, {"runner": RUNNER_VERSION}]))
     start, history, validations, window = 0, [], [], LogWindow()
@@ -125,6 +134,8 @@ def run_training(build: Callable[[Accel, Callable], Training], *, options: dict,
         start, history, validations = int(saved["iteration"]), saved["history"], saved["validations"]
         window.load_state_dict(saved["log_window"], accel.device)  # (rank 0's: only the log lines differ)
         log(f"resumed from {state.path} at iteration {start}")
+    if selector is not None:
+        selector.load_state_dict(saved.get("best") if saved is not None else None)
     for part in _items(tr.broadcast):
         if isinstance(part, torch.Tensor):
             D.broadcast_tensor(part)
@@ -137,7 +148,7 @@ def run_training(build: Callable[[Accel, Callable], Training], *, options: dict,
     factor = tr.lr_factor or (lambda it: lr_factor(it, options))
     train_mode(tr.model, options)
     meter = Meter(total, start, every=options["log_every"])
-    val_every = int(options.get("val_every") or 0)
+    val_every = best.val_every if best is not None else 0  # 0: the last iteration only
     for it in range(start, total):
         f = factor(it)
         for opt in tr.optimizers:
@@ -150,15 +161,21 @@ def run_training(build: Callable[[Accel, Callable], Training], *, options: dict,
             history.append([done, means])
             lr = tr.optimizers[0].param_groups[0]["lr"]
             log(meter.line(done, " ".join([f"lr {lr:.2e}"] + [f"{k} {v:.4f}" for k, v in means.items()])))
-        if val_every and tr.validate is not None and (done % val_every == 0 or done == total):
-            metrics = tr.validate(done)
-            validations.append([done, metrics])
-            log(f"validation at {done}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                                     if isinstance(v, (int, float))))
+        if selector is not None and ((val_every and done % val_every == 0) or done == total):
+            metrics = best.validate(tr.model, accel.device)
+            validations.append([done, {k: metrics[k] for k in (selector.key, "mIoU13") if k in metrics}])
+            new = selector.consider(done, metrics, tr.checkpoint)
+            log(f"validation at {done}: {selector.key} {metrics[selector.key] or float('nan'):.2f}"
+                + (" (best so far)" if new else f" (best {selector.iteration})"))
             train_mode(tr.model, options)
-        if state.due(done) and done < total and D.is_main():
-            state.save({"iteration": done, "rng": get_rng_state(), "history": history, "validations": validations,
-                        "log_window": window.state_dict(), **{k: p.state_dict() for k, p in tr.parts.items()}})
+        if state.due(done) and done < total:
+            if D.is_main():
+                state.save({"iteration": done, "rng": get_rng_state(), "history": history,
+                            "validations": validations, "log_window": window.state_dict(),
+                            "best": selector.state_dict() if selector is not None else None,
+                            **{k: p.state_dict() for k, p in tr.parts.items()}})
+            if selector is not None:
+                selector.prune()  # the snapshot now names the current best file
         if on_iteration is not None:
             on_iteration(done, logs)
 
@@ -166,5 +183,7 @@ def run_training(build: Callable[[Accel, Callable], Training], *, options: dict,
     D.assert_same(*_items(tr.same), what=", ".join(tr.parts))
     if D.is_main():
         tr.save(finished)
+        if selector is not None:
+            selector.finish(best.model_out, best.metrics_out)
         state.clear()
     return finished

@@ -23,6 +23,7 @@ from ..models.deeplabv2 import build_deeplabv2
 from ..models.discriminator import FCDiscriminator
 from ..models.weights import load_imagenet_backbone
 from . import distributed as D
+from .best import BestOnVal
 from .common import Accel, job_settings, make_sgd, weak_view
 from .runner import Training, run_training
 
@@ -43,6 +44,7 @@ class SupervisedJob:
     imagenet_weights: str | None = None
     num_workers: int = 0
     device: str | None = None         # None: the process's device (distributed.device())
+    best: BestOnVal | None = None     # validate on the evaluation split, keep the best checkpoint
 
 
 def _loader(spec: dict, num_classes: int, opts: dict, seed: int, start: int, with_labels: bool, workers: int,
@@ -124,8 +126,9 @@ def run(job: SupervisedJob, log=print, on_iteration=None) -> dict:
 
         return Training(model=model, parts=parts, optimizers=[optimizer] + ([d_opt] if adversarial else []),
                         batches=batches, step=step, save=lambda _: save_model(job.out, model, meta),
+                        checkpoint=lambda path, extra: save_model(path, model, meta | extra),
                         broadcast=tuple(nets), compile=tuple(nets), same=tuple(nets))
 
     run_training(build, options=opts, seed=job.seed, workdir=job.workdir, settings=job_settings(job),
-                 device=job.device, log=log, on_iteration=on_iteration)
+                 device=job.device, log=log, on_iteration=on_iteration, best=job.best)
     return meta

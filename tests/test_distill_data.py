@@ -1,0 +1,64 @@
+"""The data of the distillation stages (segcore.train.distill_loop.data_sets): CPSL's stages 2 and
+3 keep CPSL's pipeline (the source's LAB transfer to a target image, blur and jitter in the
+target's strong view), as its official loaders do in every stage; ProDA's keep neither."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segcore.config import stage_options, validate
+from segcore.train.common import image_set, labelled_set
+from segcore.train.distill_loop import DistillJob, data_sets
+from workflow_helpers import tiny_config
+
+IDENTITY_JITTER = torch.tensor([1.0, 1.0, 1.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    from segcore.data import demo
+    from segcore.data.convert import convert_dataset
+    from segcore.pseudo.hard_store import HardWriter
+
+    base = tmp_path_factory.mktemp("distill_data")
+    demo.make_gta5(base / "gta", 4, size=(80, 44))
+    demo.make_cityscapes(base / "cs", 4, 1, size=(64, 32))
+    convert_dataset("gta5", base / "gta", base / "gta_c", workers=1, progress=False)
+    convert_dataset("cityscapes", base / "cs", base / "cs_c", workers=1, progress=False)
+    source = {"manifest": str(base / "gta_c/manifest.csv"), "split": "train", "resize": [80, 44]}
+    target = {"manifest": str(base / "cs_c/manifest.csv"), "split": "train", "resize": [64, 32]}
+    keys = image_set(target, 19).keys
+    rng = np.random.default_rng(0)
+    with HardWriter(base / "hard.h5", keys, (32, 64), num_classes=19, conf_encoding="float16") as w:
+        for i in range(len(keys)):
+            w.write(i, rng.integers(0, 19, (32, 64)).astype(np.uint8), rng.random((32, 64)).astype(np.float32))
+    return base, source, target
+
+
+def _job(sets, stage):
+    base, source, target = sets
+    cfg = tiny_config()
+    validate(cfg)
+    return DistillJob(source=source, target=target, num_classes=19, arch="small",
+                      options=stage_options(cfg, stage), seed=0, teacher="", hard_labels=str(base / "hard.h5"),
+                      student_init="", init_kind="checkpoint", stage=stage, out="", workdir="")
+
+
+@pytest.mark.parametrize("stage, cpsl", [("cpsl.stage2", True), ("cpsl.stage3", True), ("proda.stage2", False),
+                                         ("proda.stage3", False)])
+def test_cpsl_distillation_keeps_cpsls_data_pipeline(sets, stage, cpsl):
+    job = _job(sets, stage)
+    src, tgt = data_sets(job)
+    plain = labelled_set(job.source, 19, job.options)
+    for seed in range(3):
+        a, b = src[(0, seed)], plain[(0, seed)]
+        assert torch.equal(a["label"], b["label"])  # the same crop: only the colours move
+        assert torch.equal(a["image"], b["image"]) != cpsl
+    views = [tgt[(i % 4, seed)]["strong_view"] for i, seed in enumerate(range(24))]
+    blurred = sum(bool(v["blur"]) for v in views)
+    jittered = sum(not torch.equal(v["jitter"], IDENTITY_JITTER) for v in views)
+    if cpsl:
+        assert 0 < blurred < 24 and 0 < jittered < 24  # each with probability 0.5
+    else:
+        assert blurred == jittered == 0
