@@ -177,6 +177,11 @@ def student_init_kind(wildcards):
     return segconfig.stage_options(config, f"{wildcards.method}.stage2")["student_init"]
 
 
+def released_warmup(wildcards):
+    """The released warm-up checkpoint of the chain (warmup.mode: import)."""
+    return config["warmup"]["released"][wildcards.chain.split("/", 1)[0]]
+
+
 def stage2_student_init(wildcards):
     """The stage-2 student's backbone file: the ImageNet file (student_init: imagenet), else a
     configured SimCLR file, else our own `simclr` rule's."""
@@ -524,8 +529,9 @@ def seco_quality_tables():
 
 
 def table_notes():
-    """--note of the results-table rows that need one: each SeCo row's proposer, and the stages 2
-    and 3 of a method whose stage-2 student starts from ImageNet weights instead of SimCLR."""
+    """--note of the results-table rows that need one: each SeCo row's proposer, the stages 2
+    and 3 of a method whose stage-2 student starts from ImageNet weights instead of SimCLR, and
+    the warm-up when it is a released checkpoint (warmup.mode: import)."""
     from segcore.seco.proposers import proposer_name
 
     imagenet = {
@@ -539,6 +545,8 @@ def table_notes():
             notes.append((c, m, s, f"labels: {proposer_name(config['seco'])} proposer"))
         elif m in imagenet and s in ("stage2", "stage3"):
             notes.append((c, m, s, "stage-2 student: ImageNet weights, not SimCLR"))
+        elif s == "warmup" and config["warmup"]["mode"] == "import":
+            notes.append((c, m, s, f"released checkpoint {Path(config['warmup']['released'][c]).name}, not trained"))
     return " ".join("--note " + " ".join(shlex.quote(x) for x in note) for note in notes)
 
 

@@ -78,6 +78,37 @@ if config["warmup"]["mode"] == "adversarial":
         shell:
             supervised_command("adversarial", unlabelled=True)
 
+elif config["warmup"]["mode"] == "import":
+
+    rule warmup:
+        """A released warm-up checkpoint (warmup.mode: import) in segcore's format, not trained;
+        the authors selected it on the evaluation split, so it is also the best-on-val one."""
+        input:
+            released=released_warmup,
+            val=target_manifest,
+        output:
+            model="results/{chain}/warmup/model.pt",
+            **best_outputs("warmup"),
+        log:
+            "logs/warmup/{chain}.log",
+        benchmark:
+            "logs/benchmark/warmup/{chain}.tsv"
+        conda:
+            "../envs/segcore.yaml"
+        threads: 1
+        params:
+            script=workflow_script("import_checkpoint.py"),
+            allow_pickle="--allow-pickle" if config["warmup"]["allow_pickle"] else "",
+            arch=config["model"]["arch"],
+            num_classes=num_classes,
+            val=eval_spec,
+            code=code_version("import_checkpoint.py"),
+        shell:
+            "python {params.script:q} --released {input.released:q} {params.allow_pickle} --stage warmup"
+            " --arch {params.arch} --num-classes {params.num_classes} --out {output.model:q}"
+            " --val {params.val:q} --best-out {output.model_best:q} --best-metrics {output.metrics_best:q}"
+            " --threads {threads} > {log:q} 2>&1"
+
 else:
 
     rule warmup:

@@ -114,6 +114,11 @@ def validate(config: dict, schema: dict | None = None) -> dict:
                 f"config key 'chains.{name}.num_classes': SYNTHIA chains use the 16-class protocol,"
                 f" got {chain['num_classes']}"
             )
+    if config["warmup"]["mode"] == "import":
+        lacking = [c for c in config["run_chains"] if c not in config["warmup"]["released"]]
+        if lacking:
+            raise ConfigError(f"config key 'warmup.released': warmup.mode import needs the released checkpoint"
+                              f" of chain {lacking[0]}")
     for method in METHODS:  # a method's own seeds replace `seeds` one for one
         own = config.get(method.name, {}).get("seeds")
         if own is not None and len(own) != len(config["seeds"]):

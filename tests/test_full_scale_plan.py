@@ -114,7 +114,10 @@ def test_multi_source_chain_plans_every_method_on_the_union(real_layout):
     assert len(singles) == 1 and len(unions) == len(source_args) - 1
     uvpt = [u for u in unions if u[0]["resize"] == [1280, 720]]
     assert len(uvpt) == 2 and all(u[1]["resize"] == [1280, 720] for u in uvpt)
-    assert all(u == both for u in unions if u not in uvpt)
+    # CPSL's three stages read GTA5 at CPSL's own size (cpsl.source_resize), the others at the dataset's
+    cpsl = [u for u in unions if u[0]["resize"] == [2048, 1024]]
+    assert len(cpsl) == 3 and all(u == [dict(both[0], resize=[2048, 1024]), both[1]] for u in cpsl)
+    assert all(u == both for u in unions if u not in uvpt and u not in cpsl)
     assert "results/gta5_synthia_to_cityscapes/ddb/r2_ckd/model.pt" in proc.stdout
 
 

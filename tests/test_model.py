@@ -252,12 +252,15 @@ def test_official_checkpoint_mismatches(tmp_path):
 
 
 def test_official_checkpoint_with_pickled_objects(tmp_path):
-    """Files holding arbitrary objects (e.g. an argparse Namespace) need a full unpickle."""
+    """Files holding arbitrary objects (e.g. an argparse Namespace) need a full unpickle, which
+    runs only when the caller allows it for that file, with a warning; refused otherwise."""
     src = _small(19)
     path = tmp_path / "args.pkl"
     torch.save({"ResNet101": {"model_state": src.state_dict()}, "opt": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(ValueError, match=r"args\.pkl: holds pickled objects .* unpickling them can run code"):
+        read_official_checkpoint(path)
     with pytest.warns(UserWarning, match="unpickled fully"):
-        sd = read_official_checkpoint(path)
+        sd = read_official_checkpoint(path, allow_pickle=True)
     assert list(sd) == list(src.state_dict())
 
 

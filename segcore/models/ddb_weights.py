@@ -59,13 +59,14 @@ def load_v1c_imagenet(model: nn.Module, path) -> list[str]:
     return list(sd)
 
 
-def read_official_ddb(path, prefix: str = "model.") -> OrderedDict:
+def read_official_ddb(path, prefix: str = "model.", allow_pickle: bool = False) -> OrderedDict:
     """One network of an official DDB checkpoint: the entries of ``state_dict`` under ``prefix``
-    (one of ``OFFICIAL_PREFIXES``), with the prefix removed."""
+    (one of ``OFFICIAL_PREFIXES``), with the prefix removed. A file holding pickled objects
+    (mmcv's ``meta``) is read with a full unpickle only with ``allow_pickle``."""
     if prefix not in OFFICIAL_PREFIXES:
         raise ValueError(f"prefix must be one of {', '.join(OFFICIAL_PREFIXES)}, got {prefix!r}")
     _require_file(path)
-    obj = _torch_load(path, allow_unsafe=True)
+    obj = _torch_load(path, allow_unsafe=allow_pickle)
     sd = obj.get("state_dict") if isinstance(obj, dict) else None
     if not isinstance(sd, dict):
         raise ValueError(f"{path}: not an official DDB checkpoint (no 'state_dict')")
@@ -76,9 +77,9 @@ def read_official_ddb(path, prefix: str = "model.") -> OrderedDict:
     return out
 
 
-def load_official_ddb(model: nn.Module, path, prefix: str = "model.") -> None:
+def load_official_ddb(model: nn.Module, path, prefix: str = "model.", allow_pickle: bool = False) -> None:
     """Strictly load one network of an official DDB checkpoint into ``model``."""
-    strict_load(model, read_official_ddb(path, prefix), path, what=f"network {prefix!r}")
+    strict_load(model, read_official_ddb(path, prefix, allow_pickle), path, what=f"network {prefix!r}")
 
 
 __all__ = ["read_v1c_imagenet", "load_v1c_imagenet", "read_official_ddb", "load_official_ddb",

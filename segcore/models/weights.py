@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -90,6 +91,10 @@ def _torch_load(path, *, allow_unsafe: bool = False):
         warnings.warn(f"{path}: holds objects that torch.load(weights_only=True) refuses; "
                       "it was unpickled fully (only do this for files you trust)", stacklevel=3)
         return obj
+    if isinstance(first, pickle.UnpicklingError) and zipfile.is_zipfile(path):  # a torch.save file
+        raise ValueError(f"{path}: holds pickled objects that torch.load(weights_only=True) refuses; unpickling"
+                         " them can run code: allow it for this file only if you trust it"
+                         f" ({_first_line(first)})") from None
     raise ValueError(f"{path}: cannot be read by torch.load(weights_only=True) "
                      f"({_first_line(first)})") from None
 
@@ -144,11 +149,13 @@ def load_simclr_backbone(model: nn.Module, path) -> list[str]:
     return _copy_matching(model, obj["state_dict"], path)
 
 
-def read_official_checkpoint(path) -> OrderedDict[str, torch.Tensor]:
+def read_official_checkpoint(path, allow_pickle: bool = False) -> OrderedDict[str, torch.Tensor]:
     """The model state dict of an official ProDA/CPSL checkpoint
-    (``ckpt["ResNet101"]["model_state"]``, any "module." prefix stripped)."""
+    (``ckpt["ResNet101"]["model_state"]``, any "module." prefix stripped). A file that
+    ``torch.load(weights_only=True)`` refuses (pickled objects) is read with a full unpickle
+    only with ``allow_pickle`` (a warning says so), else refused with a one-line error."""
     _require_file(path)
-    obj = _torch_load(path, allow_unsafe=True)
+    obj = _torch_load(path, allow_unsafe=allow_pickle)
     inner = obj.get("ResNet101") if isinstance(obj, dict) else None
     sd = inner.get("model_state") if isinstance(inner, dict) else None
     if not isinstance(sd, dict):
@@ -224,9 +231,10 @@ def strict_load(model: nn.Module, sd: dict, path, what: str = "checkpoint") -> N
     net.load_state_dict(sd, strict=True)
 
 
-def load_official_checkpoint(model: nn.Module, path) -> None:
-    """Strictly load an official ProDA/CPSL checkpoint into ``model``."""
-    strict_load(model, read_official_checkpoint(path), path)
+def load_official_checkpoint(model: nn.Module, path, allow_pickle: bool = False) -> None:
+    """Strictly load an official ProDA/CPSL checkpoint into ``model`` (``allow_pickle``: as
+    :func:`read_official_checkpoint`)."""
+    strict_load(model, read_official_checkpoint(path, allow_pickle), path)
 
 
 __all__ = [
