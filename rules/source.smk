@@ -87,8 +87,8 @@ elif config["warmup"]["mode"] == "import":
             released=released_warmup,
             val=target_manifest,
         output:
-            model="results/{chain}/warmup/model.pt",
             **best_outputs("warmup"),
+            model="results/{chain}/warmup/model.pt",
         log:
             "logs/warmup/{chain}.log",
         benchmark:
