@@ -17,23 +17,14 @@ from segcore.models.checkpoint import load_model, save_model
 from segcore.models.deeplabv2 import build_deeplabv2
 from segcore.train import best, source_loop
 from segcore.train.best_checkpoint import BestCheckpoint
-from workflow_helpers import planned_with_config, tiny_config, write_config
+from workflow_helpers import converted_gta5_cityscapes, planned_with_config, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")
 def tiny_sets(tmp_path_factory):
     """Converted tiny GTA5 and Cityscapes (train 4, val 5) sets."""
-    from segcore.data import demo
-    from segcore.data.convert import convert_dataset
-
-    base = tmp_path_factory.mktemp("best")
-    demo.make_gta5(base / "gta", 4, size=(80, 44))
-    demo.make_cityscapes(base / "cs", 4, 5, size=(64, 32))
-    convert_dataset("gta5", base / "gta", base / "gta_c", workers=1, progress=False)
-    convert_dataset("cityscapes", base / "cs", base / "cs_c", workers=1, progress=False)
-    source = {"manifest": str(base / "gta_c/manifest.csv"), "split": "train", "resize": [80, 44]}
-    val = {"manifest": str(base / "cs_c/manifest.csv"), "split": "val", "resize": [64, 32]}
-    return source, val
+    source, cityscapes = converted_gta5_cityscapes(tmp_path_factory.mktemp("best"), val_count=5)
+    return source, dict(cityscapes, split="val")
 
 
 def test_validation_gives_the_evaluation_and_draws_nothing_from_the_rng(tiny_sets, tmp_path):

@@ -10,24 +10,17 @@ import torch
 from segcore.config import stage_options, validate
 from segcore.train.common import image_set, labelled_set
 from segcore.train.distill_loop import DistillJob, data_sets
-from workflow_helpers import tiny_config
+from workflow_helpers import converted_gta5_cityscapes, tiny_config
 
 IDENTITY_JITTER = torch.tensor([1.0, 1.0, 1.0, 0.0])
 
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
-    from segcore.data import demo
-    from segcore.data.convert import convert_dataset
     from segcore.pseudo.hard_store import HardWriter
 
     base = tmp_path_factory.mktemp("distill_data")
-    demo.make_gta5(base / "gta", 4, size=(80, 44))
-    demo.make_cityscapes(base / "cs", 4, 1, size=(64, 32))
-    convert_dataset("gta5", base / "gta", base / "gta_c", workers=1, progress=False)
-    convert_dataset("cityscapes", base / "cs", base / "cs_c", workers=1, progress=False)
-    source = {"manifest": str(base / "gta_c/manifest.csv"), "split": "train", "resize": [80, 44]}
-    target = {"manifest": str(base / "cs_c/manifest.csv"), "split": "train", "resize": [64, 32]}
+    source, target = converted_gta5_cityscapes(base)
     keys = image_set(target, 19).keys
     rng = np.random.default_rng(0)
     with HardWriter(base / "hard.h5", keys, (32, 64), num_classes=19, conf_encoding="float16") as w:

@@ -57,6 +57,21 @@ def tiny_config(**overrides) -> dict:
     return cfg
 
 
+def converted_gta5_cityscapes(base: Path, val_count: int = 1) -> tuple[dict, dict]:
+    """Tiny generated GTA5 (4 images, 80x44) and Cityscapes (4 train, ``val_count`` val, 64x32)
+    sets converted under ``base``; returns the GTA5 train spec and the Cityscapes spec (split
+    left to the caller: ``dict(spec, split=...)``)."""
+    from segcore.data import demo
+    from segcore.data.convert import convert_dataset
+
+    demo.make_gta5(base / "gta", 4, size=(80, 44))
+    demo.make_cityscapes(base / "cs", 4, val_count, size=(64, 32))
+    convert_dataset("gta5", base / "gta", base / "gta_c", workers=1, progress=False)
+    convert_dataset("cityscapes", base / "cs", base / "cs_c", workers=1, progress=False)
+    return ({"manifest": str(base / "gta_c/manifest.csv"), "split": "train", "resize": [80, 44]},
+            {"manifest": str(base / "cs_c/manifest.csv"), "split": "train", "resize": [64, 32]})
+
+
 def write_config(workdir: Path, cfg: dict) -> Path:
     path = Path(workdir) / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

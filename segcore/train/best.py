@@ -12,6 +12,7 @@ The runner keeps the best file while training (``segcore.train.best_checkpoint``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import torch
@@ -39,12 +40,15 @@ class BestOnVal:
         """The metric that selects (the table's main one): mIoU19, or mIoU16 on SYNTHIA chains."""
         return f"mIoU{self.num_classes}"
 
+    @functools.cached_property
+    def dataset(self) -> SegmentationDataset:
+        """The split, opened at the first validation."""
+        return SegmentationDataset(self.val["manifest"], self.val["split"], self.num_classes,
+                                   resize=self.val.get("resize"), resize_label=False)
+
     def validate(self, model: torch.nn.Module, device) -> dict:
-        """The metrics of ``model`` on the split (opened at the first call)."""
-        if not hasattr(self, "_dataset"):
-            self._dataset = SegmentationDataset(self.val["manifest"], self.val["split"], self.num_classes,
-                                                resize=self.val.get("resize"), resize_label=False)
-        return validate(model, self._dataset, self.num_classes, device, self.batch_size)
+        """The metrics of ``model`` on the split."""
+        return validate(model, self.dataset, self.num_classes, device, self.batch_size)
 
 
 @torch.no_grad()
