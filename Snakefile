@@ -38,6 +38,7 @@ for rule_file in stages.RULE_FILES:
     include: rule_file
 
 
+include: "rules/released.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 include: "rules/cluster_checks.smk"

@@ -140,6 +140,24 @@ def target_train_spec(wildcards):
     return data_spec(chain_cfg(wildcards.chain)["target"], "train")
 
 
+def lab_stats_input(stage):
+    """Input function: the target's LAB statistics (rule lab_stats) when ``stage``
+    ("cpsl.stage1", "{method}.stage2") sets ``lab_transfer``, else nothing."""
+
+    def lab_stats(wildcards):
+        opts = segconfig.stage_options(config, stage.format(**dict(wildcards.items())))
+        if not opts.get("lab_transfer"):
+            return []
+        return f"results/data/{chain_cfg(wildcards.chain)['target']}/lab_stats_train.json"
+
+    return lab_stats
+
+
+def lab_stats_arg(wildcards, input):
+    """The ``--lab-stats`` argument of a job whose input names ``lab_stats``, when it has one."""
+    return f"--lab-stats {shlex.quote(str(input.lab_stats))}" if input.get("lab_stats") else ""
+
+
 def simclr_images_spec(wildcards):
     """The SimCLR rule's images: the chain's target, then its source train split(s)."""
     return json.dumps([json.loads(target_train_spec(wildcards))] + source_specs(wildcards))
@@ -175,6 +193,39 @@ IMAGENET_FLAG = (
 def student_init_kind(wildcards):
     """How {method}'s stage-2 student starts: "simclr" (the official) or "imagenet"."""
     return segconfig.stage_options(config, f"{wildcards.method}.stage2")["student_init"]
+
+
+def released_file(wildcards):
+    """The released checkpoint of {run} for the chain (released.checkpoints); every seed of a
+    chain reads the same file."""
+    return config["released"]["checkpoints"][wildcards.chain.split("/", 1)[0]][wildcards.run]
+
+
+def released_allow_pickle(wildcards, input):
+    """``--allow-pickle`` where released.allow_pickle lists the job's file."""
+    return "--allow-pickle" if str(input.released) in config["released"]["allow_pickle"] else ""
+
+
+def released_stage_name(wildcards):
+    """The stage name a released checkpoint records, as the training scripts do (proda_stage1)."""
+    return "_".join(wildcards.run.split("/"))
+
+
+def released_row_runs():
+    """The runs with a `released` row in some chain: a released checkpoint not standing in for its run."""
+    replaced = set(config["released"]["replace"])
+    return sorted({r for c in CHAINS for r in config["released"]["checkpoints"].get(c, {}) if r not in replaced})
+
+
+def table_released_rows():
+    """(chain, method, stage, metrics) of each `released` row (the chain's own folder: one file per chain)."""
+    replaced = set(config["released"]["replace"])
+    return [
+        (c, *TABLE_RUNS[run], f"results/{c}/eval/released/{run}.json")
+        for c in CHAINS
+        for run in config["released"]["checkpoints"].get(c, {})
+        if run not in replaced
+    ]
 
 
 def released_warmup(wildcards):
@@ -306,7 +357,7 @@ def distill_command(stage, init_kind):
         " --arch {params.arch} --options {params.options:q} --seed {params.seed}"
         " --teacher {input.teacher:q} --hard-labels {input.hard:q} --student-init {input.init:q}"
         f" --init-kind {init_kind} --out {{output.model:q}} --workdir {{params.resume_dir:q}}"
-        " --threads {threads}",
+        " --threads {threads} {params.lab_stats}",
         best_on_val=True,
     )
 
@@ -324,6 +375,7 @@ def distill_params(stage):
         resume_dir=resume_dir(f"{{method}}/{stage}"),
         val=eval_spec,
         val_every=val_every(f"{{method}}.{stage}"),
+        lab_stats=lab_stats_arg,
         code=code_version("train_distill.py"),
     )
 
@@ -404,18 +456,22 @@ def table_best_rows():
 
 
 def table_metrics():
-    return [path for *_, paths in table_rows() + table_best_rows() for path in paths]
+    return [path for *_, paths in table_rows() + table_best_rows() for path in paths] + [
+        path for *_, path in table_released_rows()
+    ]
 
 
 def table_entry_args():
     """--entry CHAIN METHOD STAGE METRICS of each row, once per seed (make_table.py averages),
     and --best the same way for the rows that keep a best-on-val checkpoint."""
-    return " ".join(
+    per_seed = " ".join(
         "--{} {}".format(flag, " ".join(shlex.quote(x) for x in (c, m, s, path)))
         for flag, rows in (("entry", table_rows()), ("best", table_best_rows()))
         for c, m, s, paths in rows
         for path in paths
     )
+    released = " ".join("--released " + " ".join(shlex.quote(x) for x in row) for row in table_released_rows())
+    return f"{per_seed} {released}".strip()
 
 
 def published_input():
@@ -547,6 +603,9 @@ def table_notes():
             notes.append((c, m, s, "stage-2 student: ImageNet weights, not SimCLR"))
         elif s == "warmup" and config["warmup"]["mode"] == "import":
             notes.append((c, m, s, f"released checkpoint {Path(config['warmup']['released'][c]).name}, not trained"))
+        elif f"{m}/{s}" in config["released"]["replace"]:
+            name = Path(config["released"]["checkpoints"][c][f"{m}/{s}"]).name
+            notes.append((c, m, s, f"released checkpoint {name}, not trained"))
     return " ".join("--note " + " ".join(shlex.quote(x) for x in note) for note in notes)
 
 

@@ -38,6 +38,7 @@ rule cpsl_stage1:
         class_distribution="results/{chain}/warmup/class_distribution.json",
         source=source_manifest,
         target=target_manifest,
+        lab_stats=lab_stats_input("cpsl.stage1"),
     output:
         **best_outputs("cpsl/stage1"),
         model="results/{chain}/cpsl/stage1/model.pt",
@@ -61,6 +62,7 @@ rule cpsl_stage1:
         resume_dir=resume_dir("cpsl/stage1"),
         val=eval_spec,
         val_every=val_every("cpsl.stage1"),
+        lab_stats=lab_stats_arg,
         code=code_version("train_cpsl_stage1.py"),
     shell:
         train_command(
@@ -68,6 +70,7 @@ rule cpsl_stage1:
             " --options {params.options:q} --seed {params.seed} --init {input.init:q}"
             " --prototypes {input.prototypes:q} --soft-labels {input.soft:q}"
             " --class-distribution {input.class_distribution:q} --out {output.model:q}"
-            " --out-prototypes {output.prototypes:q} --workdir {params.resume_dir:q} --threads {threads}",
+            " --out-prototypes {output.prototypes:q} --workdir {params.resume_dir:q} --threads {threads}"
+            " {params.lab_stats}",
             best_on_val=True,
         )

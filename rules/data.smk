@@ -57,3 +57,25 @@ rule convert:
         "python {params.script:q} --dataset {wildcards.dataset} --root {input:q}"
         " --out results/data/{wildcards.dataset} --workers {threads}"
         " --size-mismatch {params.size_mismatch} > {log:q} 2>&1"
+
+
+rule lab_stats:
+    """Per-image CIE-LAB mean and std of a target train set: the references of CPSL's colour
+    transfer of the source images, computed once instead of on every source image read."""
+    input:
+        manifest="results/data/{dataset}/manifest.csv",
+    output:
+        "results/data/{dataset}/lab_stats_train.json",
+    log:
+        "logs/lab_stats/{dataset}.log",
+    benchmark:
+        "logs/benchmark/lab_stats/{dataset}.tsv"
+    conda:
+        "../envs/segcore.yaml"
+    threads: 4
+    params:
+        script=workflow_script("lab_stats.py"),
+        images=lambda wildcards: data_spec(wildcards.dataset, "train"),
+        code=code_version("lab_stats.py"),
+    shell:
+        "python {params.script:q} --images {params.images:q} --out {output:q} --threads {threads}" " > {log:q} 2>&1"

@@ -51,6 +51,7 @@ rule distill_stage2:
         init=stage2_student_init,
         source=source_manifest,
         target=target_manifest,
+        lab_stats=lab_stats_input("{method}.stage2"),
     output:
         **best_outputs("{method}/stage2"),
         model="results/{chain}/{method}/stage2/model.pt",
@@ -78,6 +79,7 @@ rule distill_stage3:
         init=handoff("{method}/stage2"),
         source=source_manifest,
         target=target_manifest,
+        lab_stats=lab_stats_input("{method}.stage3"),
     output:
         **best_outputs("{method}/stage3"),
         model="results/{chain}/{method}/stage3/model.pt",

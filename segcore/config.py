@@ -58,6 +58,24 @@ def _resolve(schema: dict, node: dict) -> dict:
     return node
 
 
+def _check_released(config: dict) -> None:
+    """``released``: a replaced run has its file for every chain that runs; ``allow_pickle``
+    names files of ``checkpoints``."""
+    rel = config["released"]
+    for run in rel["replace"]:
+        lacking = [c for c in config["run_chains"] if run not in rel["checkpoints"].get(c, {})]
+        if lacking:
+            raise ConfigError(f"config key 'released.replace': {run} needs its released checkpoint under"
+                              f" released.checkpoints.{lacking[0]}")
+    files = {f for runs in rel["checkpoints"].values() for f in runs.values()}
+    for f in rel["allow_pickle"]:
+        if f not in files:
+            raise ConfigError(f"config key 'released.allow_pickle': {f} is not a file of released.checkpoints")
+    for chain in rel["checkpoints"]:
+        if chain not in config["chains"]:
+            raise ConfigError(f"config key 'released.checkpoints': unknown chain '{chain}'")
+
+
 def load_schema() -> dict:
     """The full config schema: the shared keys, each declared method's section, and the
     derived allowed keys of every training stage's section."""
@@ -119,6 +137,7 @@ def validate(config: dict, schema: dict | None = None) -> dict:
         if lacking:
             raise ConfigError(f"config key 'warmup.released': warmup.mode import needs the released checkpoint"
                               f" of chain {lacking[0]}")
+    _check_released(config)
     for method in METHODS:  # a method's own seeds replace `seeds` one for one
         own = config.get(method.name, {}).get("seeds")
         if own is not None and len(own) != len(config["seeds"]):

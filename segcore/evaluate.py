@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .data.datasets import SegmentationDataset
+from .data.datasets import SegmentationDataset, inference_loader
 from .methods.warmup import upsample
 from .metrics import ConfusionMatrix, summarize
 from .progress import image_meter
@@ -20,7 +20,7 @@ def _print(line: str) -> None:
 def evaluate(model, manifest, split: str, num_classes: int, resize=None, batch_size: int = 4,
              num_workers: int = 0, device="cpu", log=_print, log_every: int = 100) -> dict:
     ds = SegmentationDataset(manifest, split, num_classes, resize=resize, resize_label=False)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = inference_loader(ds, batch_size, num_workers, device)
     model.eval().to(device)
     cm = ConfusionMatrix(num_classes, device=device)
     meter = image_meter(len(ds), batch_size, log_every)

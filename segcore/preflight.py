@@ -146,6 +146,9 @@ def add_source_target_arguments(parser) -> None:
     parser.add_argument("--num-classes", type=int, required=True, help="classes of the chain (19, or 16 for SYNTHIA)")
     parser.add_argument("--options", required=True, help="JSON of the stage's options")
     parser.add_argument("--seed", type=int, required=True, help="random seed of the stage (data order, views, init)")
+    parser.add_argument("--lab-stats", default=None,
+                        help="LAB statistics of the target train set (rule lab_stats), read when the options"
+                        " set lab_transfer")
 
 
 def check_source_target(args) -> tuple[dict, list]:
@@ -153,6 +156,12 @@ def check_source_target(args) -> tuple[dict, list]:
     target image keys (which the stage's pseudo-label store must match)."""
     opts = json.loads(args.options)
     check_options(opts, "--options")
+    if opts.get("lab_transfer") and not args.lab_stats:
+        raise ValueError("--options: lab_transfer is on but no --lab-stats file was given (rule lab_stats)")
     check_data(json.loads(args.source), "--source", batch_size=opts.get("batch_size"))
     keys = check_data(json.loads(args.target), "--target", batch_size=opts.get("batch_size"), labels=False)
+    if opts.get("lab_transfer"):
+        from .data.lab_transfer import read_lab_stats
+
+        read_lab_stats(args.lab_stats, keys)
     return opts, keys

@@ -25,6 +25,7 @@ __all__ = [
     "BASELINE_METHODS",
     "CHAIN_NUM_CLASSES",
     "COLUMNS",
+    "RELEASED_SUFFIX",
     "load_published",
     "results_table",
     "write_tables",
@@ -59,6 +60,8 @@ COLUMNS = [
     "note",
 ]
 _PUBLISHED_COLUMNS = ["method", "stage", "chain", "metric", "value", "source"]
+#: the stage label of a released checkpoint's row: "stage3 (released)"
+RELEASED_SUFFIX = " (released)"
 
 
 def load_published(csv_path) -> pd.DataFrame:
@@ -142,12 +145,15 @@ def results_table(entries: list[dict], published_csv=None) -> pd.DataFrame:
     ``entries``: dicts with ``chain``, ``method``, ``stage``, ``metrics`` (path of a
     summarize() JSON, or a list of them: one per seed, averaged, with the sample std and the
     count in ``*_std`` and ``seeds``), optional ``metrics_best`` (same, one per seed, for the checkpoint selected on the
-    evaluation set) and optional ``note``. Scores are in percent; NaN where undefined.
+    evaluation set), optional ``note`` and optional ``released`` (true: the row of a released
+    checkpoint, shown as ``<stage> (released)`` right after our row of that stage, with the
+    same published number). Scores are in percent; NaN where undefined.
     """
     published = load_published(published_csv) if published_csv is not None else None
     rows, seen = [], set()
     for e in entries:
-        chain, method, stage = str(e["chain"]), str(e["method"]), str(e["stage"])
+        chain, method, base_stage = str(e["chain"]), str(e["method"]), str(e["stage"])
+        stage = f"{base_stage}{RELEASED_SUFFIX}" if e.get("released") else base_stage
         if (chain, method, stage) in seen:
             raise ValueError(f"duplicate table entry {(chain, method, stage)}")
         seen.add((chain, method, stage))
@@ -176,10 +182,10 @@ def results_table(entries: list[dict], published_csv=None) -> pd.DataFrame:
                 raise ValueError(f"{e['metrics']}: unknown class {name!r}")
             row[f"iou_{name}"] = _mean_std(x["iou"].get(name) for x in seeds)[0]
         if method not in BASELINE_METHODS:
-            value, source = _lookup(published, method, stage, chain, metric)
+            value, source = _lookup(published, method, base_stage, chain, metric)
             value13, source13 = (math.nan, None)
             if n == 16:
-                value13, source13 = _lookup(published, method, stage, chain, "mIoU13")
+                value13, source13 = _lookup(published, method, base_stage, chain, "mIoU13")
             row["published"], row["published_mIoU13"] = value, value13
             row["published_source"] = source if source is not None else source13
         row["note"] = e.get("note") or None
@@ -187,10 +193,13 @@ def results_table(entries: list[dict], published_csv=None) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
         return df
-    # stages not declared (a third DDB round) follow the declared ones in the order of the entries
-    stage_order = STAGE_ORDER + [s for s in dict.fromkeys(df["stage"]) if s not in STAGE_ORDER]
+    # stages not declared (a third DDB round) follow the declared ones in the order of the entries;
+    # a released row right after our row of its stage
+    bases = [s.removesuffix(RELEASED_SUFFIX) for s in df["stage"]]
+    stage_order = STAGE_ORDER + [s for s in dict.fromkeys(bases) if s not in STAGE_ORDER]
     keys = df.apply(
-        lambda r: (_rank(r["chain"], CHAIN_ORDER), _rank(r["method"], METHOD_ORDER), _rank(r["stage"], stage_order)),
+        lambda r: (_rank(r["chain"], CHAIN_ORDER), _rank(r["method"], METHOD_ORDER),
+                   _rank(r["stage"].removesuffix(RELEASED_SUFFIX), stage_order), r["stage"].endswith(RELEASED_SUFFIX)),
         axis=1,
     )
     df = df.iloc[sorted(range(len(df)), key=lambda i: keys.iloc[i])].reset_index(drop=True)

@@ -324,6 +324,20 @@ def case_checkpoint_other_arch(tmp_path, good):
             "architecture mismatch: checkpoint is arch 'resnet101', expected 'small'")
 
 
+def case_lab_stats_of_other_images(tmp_path, good):
+    # CPSL's colour transfer with the LAB statistics of another target set: refused before training
+    from segcore.data.lab_transfer import write_lab_stats
+
+    m = spec(good / "data/manifest.csv")
+    write_lab_stats(tmp_path / "lab.json", ["other"], torch.ones(1, 2, 3), source={})
+    line, _ = script("train_distill.py", "--stage", "cpsl_stage3", "--source", m, "--target", m, "--num-classes", 19,
+                     "--arch", "small", "--options", json.dumps(dict(OPTIONS, lab_transfer=True)), "--seed", 0,
+                     "--teacher", good / "ckpt19.pt", "--hard-labels", tmp_path / "hard.h5", "--student-init",
+                     good / "ckpt19.pt", "--init-kind", "checkpoint", "--out", tmp_path / "o.pt", "--workdir",
+                     tmp_path / "w", "--lab-stats", tmp_path / "lab.json", inproc=True)
+    return line, [str(tmp_path / "lab.json")], "LAB statistics of 1 images that are not the"
+
+
 def case_checkpoint_weights_of_other_arch(tmp_path, good):
     # meta says "small" but the weights are of another network: refused by the strict load
     state = torch.load(good / "ckpt19.pt", weights_only=True)

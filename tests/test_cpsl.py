@@ -10,7 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from segcore.data.cutmix import box_mask, mix_images, mix_labels, sample_box
-from segcore.data.lab_transfer import LabTransferSet, lab_stats, lab_to_rgb, lab_transfer, rgb_to_lab
+from segcore.data.lab_transfer import (
+    LabTransferSet,
+    compute_lab_stats,
+    lab_stats,
+    lab_to_rgb,
+    lab_transfer,
+    read_lab_stats,
+    rgb_to_lab,
+    write_lab_stats,
+)
 from segcore.methods import cpsl
 from segcore.methods.feature_memory import FeatureMemory
 from segcore.methods.sinkhorn import sinkhorn
@@ -276,11 +285,68 @@ def test_lab_transfer_set_keeps_the_view_and_changes_only_colours(tmp_path):
     view = WeakView(base_width=64, crop=(48, 24))
     base = SegmentationDataset(tmp_path / "gta_c/manifest.csv", "train", 19, resize=(80, 44), transform=view)
     ref = SegmentationDataset(tmp_path / "cs_c/manifest.csv", "train", 19, resize=(64, 32), with_labels=False)
-    ds = LabTransferSet(base, ref)
+    stats = compute_lab_stats(ref)
+    ds = LabTransferSet(base, stats)
     a, b = ds[(1, 12345)], base[(1, 12345)]
     assert torch.equal(a["label"], b["label"]) and all(torch.equal(a["view"][k], b["view"][k]) for k in b["view"])
     assert not torch.allclose(a["image"], b["image"])
     assert torch.equal(ds[(1, 12345)]["image"], a["image"])                 # reproducible from the seed
+    # the transfer goes to the statistics of one of the target images
+    whole = WeakView(base_width=80, crop=(80, 44), scale_range=(1.0, 1.0), flip_p=0.0)  # the image itself
+    one = LabTransferSet(SegmentationDataset(tmp_path / "gta_c/manifest.csv", "train", 19, resize=(80, 44),
+                                             transform=whole), stats[2:3])
+    mean, std = lab_stats(one[0]["image"])
+    before, _ = lab_stats(one.base.load_image(0))
+    # up to what clipping to the RGB cube takes off these saturated demo colours
+    assert (mean - stats[2, 0]).abs().max() < 1.0 < (before - stats[2, 0]).abs().max()
+    assert torch.allclose(std, stats[2, 1], rtol=0.1)
+
+
+def test_lab_transfer_in_float32_is_within_a_level_of_float64():
+    g = torch.Generator().manual_seed(3)
+    # a street-like image: smooth gradients, saturated patches, dark and bright ends
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 160), indexing="ij")
+    img = torch.stack([xx, yy, (xx + yy) / 2]) * 0.8 + 0.2 * torch.rand(3, 96, 160, generator=g)
+    img[:, :20, :30] = torch.tensor([0.9, 0.05, 0.05])[:, None, None]
+    img[:, -10:, -10:] = 0.0
+    ref_mean, ref_std = torch.tensor([45.0, -3.0, 8.0]), torch.tensor([22.0, 6.0, 9.0])
+    f32 = lab_transfer(img, ref_mean, ref_std)
+    f64 = lab_transfer(img, ref_mean, ref_std, dtype=torch.float64)
+    assert (f32.double() - f64.double()).abs().max() * 255 < 0.1
+
+
+def test_lab_stats_artifact_round_trip_and_refusals(tmp_path):
+    from segcore.data import demo
+    from segcore.data.convert import convert_dataset
+    from segcore.data.datasets import SegmentationDataset
+
+    demo.make_cityscapes(tmp_path / "cs", 4, 1, size=(64, 32))
+    convert_dataset("cityscapes", tmp_path / "cs", tmp_path / "cs_c", workers=1, progress=False)
+    ref = SegmentationDataset(tmp_path / "cs_c/manifest.csv", "train", 19, resize=(64, 32), with_labels=False)
+    stats = compute_lab_stats(ref, num_workers=2)
+    assert stats.dtype == torch.float64 and stats.shape == (4, 2, 3)
+    for i in range(4):  # the workers hand back every image's statistics in order
+        assert torch.equal(stats[i], torch.stack(lab_stats(ref.load_image(i))))
+    path = tmp_path / "lab.json"
+    write_lab_stats(path, ref.keys, stats, source={"manifest": "m"})
+    assert torch.equal(read_lab_stats(path, ref.keys), stats.float())
+    with pytest.raises(ValueError, match=r"lab\.json: LAB statistics of 4 images that are not the 3 images"):
+        read_lab_stats(path, ref.keys[:3])
+    with pytest.raises(ValueError, match="not the 4 images"):
+        read_lab_stats(path, ref.keys[::-1])
+    with pytest.raises(ValueError, match=r"missing\.json: not a LAB statistics file"):
+        read_lab_stats(tmp_path / "missing.json", ref.keys)
+
+
+def test_lab_transfer_without_statistics_is_refused_before_training():
+    import argparse
+    import json
+
+    from segcore import preflight
+
+    args = argparse.Namespace(options=json.dumps({"lab_transfer": True}), source="{}", target="{}", lab_stats=None)
+    with pytest.raises(ValueError, match="lab_transfer is on but no --lab-stats"):
+        preflight.check_source_target(args)
 
 
 # --------------------------------------------------------------------- class distribution
@@ -339,6 +405,7 @@ def tiny_chain(tmp_path_factory):
     save_torch(base / "protos.pt", initial_prototypes(model, ds, 2, min_pixels=1).state_dict())
     with SoftStore(base / "soft.h5") as store:
         write_class_distribution(base / "cd.json", argmax_counts(store))
+    write_lab_stats(base / "lab_stats.json", ds.keys, compute_lab_stats(ds), source=target)
     return base, target
 
 
@@ -356,7 +423,7 @@ def _job(base, target, tmp, **over):
                          init=str(base / "warmup.pt"), prototypes=str(base / "protos.pt"),
                          soft_labels=str(base / "soft.h5"), class_distribution=str(base / "cd.json"),
                          out=str(tmp / "model.pt"), out_prototypes=str(tmp / "protos_out.pt"),
-                         workdir=str(tmp / "work"))
+                         workdir=str(tmp / "work"), lab_stats=str(base / "lab_stats.json"))
 
 
 class _Stop(Exception):

@@ -55,6 +55,7 @@ from segcore import config as C
 from segcore.atomic import save_torch
 from segcore.data.convert import convert_dataset
 from segcore.data.datasets import SegmentationDataset, infinite_loader
+from segcore.data.lab_transfer import compute_lab_stats, write_lab_stats
 from segcore.models.checkpoint import save_model
 from segcore.models.deeplabv2 import build_deeplabv2
 from segcore.pseudo.class_distribution import argmax_counts, write_class_distribution
@@ -106,7 +107,8 @@ def make_jobs(data: Path, out: Path) -> dict:
             seed=5,  # CutMix at step 2, the contrast at step 3
             init=str(data / "init.pt"), prototypes=str(data / "protos.pt"), soft_labels=str(data / "soft_full.h5"),
             class_distribution=str(data / "cd.json"), out=str(out / "cpsl.pt"),
-            out_prototypes=str(out / "cpsl_protos.pt"), workdir=str(out / "work_cpsl"), device="cpu"),
+            out_prototypes=str(out / "cpsl_protos.pt"), workdir=str(out / "work_cpsl"), device="cpu",
+            lab_stats=str(data / "lab_stats.json")),
         "distill": distill_loop.DistillJob(
             source=spec, target=spec, num_classes=NC, arch="small", options=_options("proda.stage2", lr=0.002,
                                                                                         threshold=0.5),
@@ -238,6 +240,8 @@ def data(tmp_path_factory) -> Path:
             w.write(i, torch.softmax(torch.randn(NC, *hw, generator=g) * 3, dim=0))
     with SoftStore(base / "soft_full.h5") as store:  # CPSL's class prior
         write_class_distribution(base / "cd.json", argmax_counts(store))
+    images = SegmentationDataset(base / "data" / "manifest.csv", "train", NC, with_labels=False)
+    write_lab_stats(base / "lab_stats.json", keys, compute_lab_stats(images), source={})  # CPSL's colour transfer
     rng = np.random.default_rng(2)
     with HardWriter(base / "hard.h5", keys, (SIZE[1], SIZE[0]), num_classes=NC, conf_encoding="float16") as w:
         for i in range(len(keys)):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from segcore.config import stage_options, validate
+from segcore.data.lab_transfer import compute_lab_stats, write_lab_stats
 from segcore.train.common import image_set, labelled_set
 from segcore.train.distill_loop import DistillJob, data_sets
 from workflow_helpers import converted_gta5_cityscapes, tiny_config
@@ -26,6 +27,8 @@ def sets(tmp_path_factory):
     with HardWriter(base / "hard.h5", keys, (32, 64), num_classes=19, conf_encoding="float16") as w:
         for i in range(len(keys)):
             w.write(i, rng.integers(0, 19, (32, 64)).astype(np.uint8), rng.random((32, 64)).astype(np.float32))
+    stats = compute_lab_stats(image_set(target, 19))
+    write_lab_stats(base / "lab_stats.json", keys, stats, source=target)
     return base, source, target
 
 
@@ -35,7 +38,8 @@ def _job(sets, stage):
     validate(cfg)
     return DistillJob(source=source, target=target, num_classes=19, arch="small",
                       options=stage_options(cfg, stage), seed=0, teacher="", hard_labels=str(base / "hard.h5"),
-                      student_init="", init_kind="checkpoint", stage=stage, out="", workdir="")
+                      student_init="", init_kind="checkpoint", stage=stage, out="", workdir="",
+                      lab_stats=str(base / "lab_stats.json"))
 
 
 @pytest.mark.parametrize("stage, cpsl", [("cpsl.stage2", True), ("cpsl.stage3", True), ("proda.stage2", False),

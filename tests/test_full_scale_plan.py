@@ -149,8 +149,11 @@ def test_full_scale_cpsl_and_proda_follow_their_own_recipes(real_layout, chain, 
         if script == "train_proda_stage1.py":  # ProDA's stage 1 has none of these keys
             want = (None, None, None)
         assert (opts.get("lab_transfer"), opts.get("blur_p"), opts.get("jitter")) == want, (script, stage)
+        # the colour transfer reads the target's statistics, computed once by their own rule
+        assert ("--lab-stats results/data/cityscapes/lab_stats_train.json" in line) == cpsl, (script, stage)
         if stage is not None:
             method, n = stage.split("_stage")
             teacher = f"results/{chain}/{method}/stage{int(n) - 1}/model_best.pt"
             assert f"--teacher {teacher} " in line, (stage, line)
     assert any(f"--init results/{chain}/warmup/model_best.pt " in ln for ln in lines if "train_cpsl_stage1" in ln)
+    assert sum("lab_stats.py" in ln for ln in lines) == 1

@@ -8,6 +8,7 @@ from segcore.atomic import save_torch
 from segcore.methods.ddb.prototypes import path_prototypes
 from segcore.preflight import run_script
 from segcore.pseudo.generate import open_model_and_images
+from segcore.train.distributed import add_workers_argument, loader_workers
 
 
 def main():
@@ -22,11 +23,13 @@ def main():
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--out", required=True, help="prototypes file ({'protos': (C, D), 'counts': (C,)})")
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
+    add_workers_argument(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model, ds, device = open_model_and_images(a.model, a.target, a.num_classes)
     bank = path_prototypes(model, ds, a.batch_size, device=device, resolution=a.resolution,
-                           min_pixels=a.min_pixels, cap=a.cap)
+                           min_pixels=a.min_pixels, cap=a.cap,
+                           num_workers=loader_workers(a.workers, device))
     save_torch(a.out, {k: v.cpu() for k, v in bank.state_dict().items()})
     print(f"{a.out}: {bank.num_classes} prototypes of dim {bank.dim}, counts {bank.counts.tolist()}", flush=True)
 

@@ -10,6 +10,7 @@ from segcore.atomic import write_json
 from segcore.evaluate import evaluate
 from segcore.models.checkpoint import load_model
 from segcore.preflight import run_script
+from segcore.train.distributed import add_workers_argument, loader_workers
 
 # checkpoint meta copied into the metrics: what the model is, and (Uni-UVPT) what was trained
 CHECKPOINT_META = ("stage", "init", "iterations", "trainable_params", "total_params", "backbone_params",
@@ -27,6 +28,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--out", required=True, help="metrics JSON to write")
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
+    add_workers_argument(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     preflight.check_checkpoint(a.model, num_classes=a.num_classes)
@@ -34,7 +36,8 @@ def main():
     model, meta = load_model(a.model, expect_num_classes=a.num_classes)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = evaluate(model, a.manifest, a.split, a.num_classes, resize=json.loads(a.resize),
-                      batch_size=a.batch_size, device=device)
+                      batch_size=a.batch_size, device=device,
+                      num_workers=loader_workers(a.workers, device))
     result["checkpoint"] = {"path": a.model, **{k: meta[k] for k in CHECKPOINT_META if k in meta}}
     write_json(a.out, result)
     key = "mIoU19" if a.num_classes == 19 else "mIoU16"

@@ -4,6 +4,7 @@
         --entry gta5_to_cityscapes proda warmup results/.../metrics.json \
         [--best gta5_to_cityscapes proda warmup results/.../metrics_best.json] \
         [--note gta5_to_cityscapes proda warmup "student init: SimCLR rule on target images"] \
+        [--released gta5_to_cityscapes proda stage3 results/.../eval/released/proda/stage3.json] \
         [--published configs/published_results.csv] \
         --out-csv results/table.csv --out-md results/table.md
 """
@@ -28,6 +29,11 @@ def build_entries(args) -> list[dict]:
         if metrics in entries[key]["metrics"]:
             raise ValueError(f"duplicate --entry {' '.join(key)} {metrics}")
         entries[key]["metrics"].append(metrics)
+    for chain, method, stage, metrics in args.released or []:  # a released checkpoint: one file, its own row
+        key = (chain, method, stage, "released")
+        if key in entries:
+            raise ValueError(f"duplicate --released {' '.join(key[:3])}")
+        entries[key] = {"chain": chain, "method": method, "stage": stage, "metrics": [metrics], "released": True}
     for opt, field in (("best", "metrics_best"), ("note", "note")):
         for chain, method, stage, value in getattr(args, opt) or []:
             key = (chain, method, stage)
@@ -51,6 +57,9 @@ def main(argv=None) -> int:
                    " once per seed of the row, as --entry)")
     p.add_argument("--note", nargs=4, action="append", metavar=("CHAIN", "METHOD", "STAGE", "TEXT"),
                    help="free-text note for a row (optional)")
+    p.add_argument("--released", nargs=4, action="append", metavar=("CHAIN", "METHOD", "STAGE", "METRICS_JSON"),
+                   help="metrics of a released checkpoint of a stage: its own row, '<stage> (released)', after"
+                   " ours (optional)")
     p.add_argument("--published", help="published_results.csv (optional)")
     p.add_argument("--out-csv", required=True, help="results table to write (CSV)")
     p.add_argument("--out-md", required=True, help="results table to write (Markdown)")

@@ -37,7 +37,7 @@ def _run(a):
         source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes, options=opts,
         seed=a.seed, init=a.init, prototypes=a.prototypes, soft_labels=a.soft_labels,
         class_distribution=a.class_distribution, out=a.out, out_prototypes=a.out_prototypes, workdir=a.workdir,
-        num_workers=distributed.loader_workers(a.workers), best=selection)
+        num_workers=distributed.loader_workers(a.workers), best=selection, lab_stats=a.lab_stats)
     cpsl_stage1.run(job, log=lambda s: print(s, flush=True))
 
 

@@ -42,7 +42,7 @@ def _run(a):
         source=json.loads(a.source), target=json.loads(a.target), num_classes=a.num_classes, arch=a.arch,
         options=json.loads(a.options), seed=a.seed, teacher=a.teacher, hard_labels=a.hard_labels,
         student_init=a.student_init, init_kind=a.init_kind, stage=a.stage, out=a.out, workdir=a.workdir,
-        num_workers=distributed.loader_workers(a.workers), best=selection)
+        num_workers=distributed.loader_workers(a.workers), best=selection, lab_stats=a.lab_stats)
     distill_loop.run(job, log=lambda s: print(s, flush=True))
 
 

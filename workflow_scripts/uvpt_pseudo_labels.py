@@ -9,6 +9,7 @@ import torch
 from segcore.preflight import run_script
 from segcore.pseudo.generate import generate_hard, open_model_and_images
 from segcore.pseudo.store import HardWriter
+from segcore.train.distributed import add_workers_argument, loader_workers
 
 
 def main():
@@ -19,13 +20,15 @@ def main():
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--out", required=True, help="HDF5 store to write")
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
+    add_workers_argument(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model, ds, device = open_model_and_images(a.model, a.target, a.num_classes)
     model.to(device)
     h, w = ds.load_image(0).shape[-2:]
     with HardWriter(a.out, ds.keys, (h, w), num_classes=a.num_classes, conf_encoding="float16") as writer:
-        generate_hard(model, ds, writer, batch_size=a.batch_size, flip=False, device=device)
+        generate_hard(model, ds, writer, batch_size=a.batch_size, flip=False, device=device,
+                      num_workers=loader_workers(a.workers, device))
     print(f"{a.out}: source-model pseudo-labels of {len(ds)} images", flush=True)
 
 

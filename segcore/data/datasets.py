@@ -219,3 +219,11 @@ def infinite_loader(dataset, batch_size: int, seed: int, num_workers: int = 0, d
         persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(int(seed)),
     )
     return iter(loader)
+
+
+def inference_loader(dataset, batch_size: int, num_workers: int = 0, device="cpu"):
+    """The images of ``dataset`` in order, every one once, in batches (evaluation, pseudo-labels,
+    prototypes): ``num_workers`` loader workers decode ahead of the model; pinned memory when
+    the batches go to a GPU."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+                                       num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")

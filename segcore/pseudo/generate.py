@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import preflight
-from ..data.datasets import SegmentationDataset
+from ..data.datasets import SegmentationDataset, inference_loader
 from ..methods.warmup import upsample
 from ..models.checkpoint import load_model
 from ..progress import image_meter
@@ -44,7 +44,7 @@ def _eval_mode(model):
         model.train(was_training)
 
 
-def _batches(dataset, writer, batch_size: int, num_workers: int):
+def _batches(dataset, writer, batch_size: int, num_workers: int, device):
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     keys = getattr(dataset, "keys", None)
@@ -52,9 +52,7 @@ def _batches(dataset, writer, batch_size: int, num_workers: int):
         raise ValueError(f"{writer.path}: the writer's keys are not the dataset's keys in dataset order")
     if len(dataset) != len(writer.keys):
         raise ValueError(f"{writer.path}: the dataset has {len(dataset)} images, the writer {len(writer.keys)} keys")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
-                                         num_workers=num_workers)
-    for batch in loader:
+    for batch in inference_loader(dataset, batch_size, num_workers, device):
         if "view" in batch:
             raise ValueError(f"{writer.path}: the dataset applies a random view; pseudo-labels need the plain images")
         yield batch["image"], batch["index"]
@@ -72,7 +70,7 @@ def generate_soft(model, dataset, writer, batch_size: int = 4, device="cpu", num
     device = torch.device(device)
     meter, done = image_meter(len(dataset), batch_size, log_every), 0
     with _eval_mode(model), torch.inference_mode():
-        for images, index in _batches(dataset, writer, batch_size, num_workers):
+        for images, index in _batches(dataset, writer, batch_size, num_workers, device):
             probs = F.softmax(_logits(model, images.to(device, non_blocking=True)), dim=1)
             if tuple(probs.shape[-2:]) != tuple(writer.size_hw) or probs.shape[1] != writer.num_classes:
                 raise ValueError(f"{writer.path}: the model gives {tuple(probs.shape[1:])}, the writer expects "
@@ -102,7 +100,7 @@ def generate_hard(model, dataset, writer, batch_size: int = 4, flip: bool = True
     device = torch.device(device)
     meter, done = image_meter(len(dataset), batch_size, log_every), 0
     with _eval_mode(model), torch.inference_mode():
-        for images, index in _batches(dataset, writer, batch_size, num_workers):
+        for images, index in _batches(dataset, writer, batch_size, num_workers, device):
             size = tuple(output_size) if output_size is not None else tuple(images.shape[-2:])
             if size != tuple(writer.size_hw):
                 raise ValueError(f"{writer.path}: output size {size}, the writer expects {tuple(writer.size_hw)}")

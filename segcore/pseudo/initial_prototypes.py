@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data.datasets import inference_loader
 from ..progress import image_meter
 from .prototypes import PrototypeBank, class_means
 
@@ -17,10 +18,10 @@ def _print(line: str) -> None:
 
 @torch.no_grad()
 def initial_prototypes(model, dataset, batch_size: int = 4, device="cpu", min_pixels: int = 10, log=_print,
-                       log_every: int = 100) -> PrototypeBank:
+                       log_every: int = 100, num_workers: int = 0) -> PrototypeBank:
     model.eval().to(device)
     bank = None
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = inference_loader(dataset, batch_size, num_workers, device)
     meter = image_meter(len(dataset), batch_size, log_every)
     done = 0
     for batch in loader:

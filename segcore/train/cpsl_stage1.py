@@ -25,7 +25,7 @@ import torch
 
 from ..atomic import save_torch
 from ..data.cutmix import box_mask, mix_images, mix_labels, sample_box, subsample_labels
-from ..data.lab_transfer import LabTransferSet
+from ..data.lab_transfer import LabTransferSet, read_lab_stats
 from ..data.strong_view import StrongView
 from ..data.target_views import TargetViews
 from ..data.transforms import apply_view
@@ -73,6 +73,7 @@ class CPSLStage1Job:
     num_workers: int = 0
     device: str | None = None  # None: the process's device (distributed.device())
     best: BestOnVal | None = None  # validate on the evaluation split, keep the best checkpoint
+    lab_stats: str | None = None  # target LAB statistics (rule lab_stats) when options set lab_transfer
 
 
 def fill_empty_prototypes(protos: torch.Tensor, seed: int, log=print) -> torch.Tensor:
@@ -168,6 +169,22 @@ def train_step(student, teacher, protos, memory, prior, optimizer, s: dict, t: d
     return {"src": loss_src.detach(), **logs}
 
 
+def data_sets(job: CPSLStage1Job):
+    """The source set (weak view, the LAB transfer with ``lab_transfer``) and the target views
+    (weak and strong with blur and jitter, the warm-up's soft labels on the crop and on the full
+    image) of stage 1."""
+    opts = job.options
+    src = labelled_set(job.source, job.num_classes, opts)
+    base = image_set(job.target, job.num_classes)
+    if opts["lab_transfer"]:
+        src = LabTransferSet(src, read_lab_stats(job.lab_stats, base.keys))
+    soft = SoftStore(job.soft_labels, expect_keys=base.keys, expect_classes=job.num_classes)
+    strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"],
+                        blur_p=opts["blur_p"], jitter=opts["jitter"], jitter_p=opts["jitter_p"])
+    return src, TargetViews(base, weak_view(opts), strong, soft_store=soft, label_stride=opts["label_stride"],
+                            keep_soft_full=True)
+
+
 def run(job: CPSLStage1Job, log=print, on_iteration=None) -> dict:
     opts = job.options
     out = {}
@@ -189,15 +206,7 @@ def run(job: CPSLStage1Job, log=print, on_iteration=None) -> dict:
                                                       "logits": ((job.num_classes,), torch.float32),
                                                       "label": ((), torch.int64)}, device=accel.device)
 
-        src = labelled_set(job.source, job.num_classes, opts)
-        base = image_set(job.target, job.num_classes)
-        if opts["lab_transfer"]:
-            src = LabTransferSet(src, base)
-        soft = SoftStore(job.soft_labels, expect_keys=base.keys, expect_classes=job.num_classes)
-        strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"],
-                            blur_p=opts["blur_p"], jitter=opts["jitter"], jitter_p=opts["jitter_p"])
-        tgt = TargetViews(base, weak_view(opts), strong, soft_store=soft, label_stride=opts["label_stride"],
-                          keep_soft_full=True)
+        src, tgt = data_sets(job)
 
         def step(batch):
             s, t = batch

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..data.classes import class_names
-from ..data.lab_transfer import LabTransferSet
+from ..data.lab_transfer import LabTransferSet, read_lab_stats
 from ..data.strong_view import StrongView
 from ..data.target_views import TargetViews
 from ..methods.distill import distill_target_loss
@@ -43,6 +43,7 @@ class DistillJob:
     num_workers: int = 0
     device: str | None = None         # None: the process's device (distributed.device())
     best: BestOnVal | None = None     # validate on the evaluation split, keep the best checkpoint
+    lab_stats: str | None = None      # target LAB statistics (rule lab_stats) when options set lab_transfer
 
 
 def build_student(job: DistillJob):
@@ -65,7 +66,7 @@ def data_sets(job: DistillJob):
     src = labelled_set(job.source, job.num_classes, opts)
     base = image_set(job.target, job.num_classes)
     if opts["lab_transfer"]:  # CPSL's loaders colour-transfer the source in every stage
-        src = LabTransferSet(src, base)
+        src = LabTransferSet(src, read_lab_stats(job.lab_stats, base.keys))
     hard = HardStore(job.hard_labels, expect_keys=base.keys, expect_classes=job.num_classes)
     if opts["threshold"] is not None and not hard.supports(opts["threshold"]):  # fail now, not in a worker
         hard.thresholded(0, opts["threshold"])  # raises the store's one-line error naming the file

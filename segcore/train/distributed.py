@@ -177,10 +177,16 @@ def add_launch_arguments(parser) -> None:
     workers per process, device."""
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads of the whole job (split over its processes)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader workers per process (default: 0 on the CPU, up to 8 per GPU on CUDA)")
+    add_workers_argument(parser)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="auto (default, or $SEGCORE_DEVICE): cuda:LOCAL_RANK when CUDA is available, else the CPU")
+
+
+def add_workers_argument(parser) -> None:
+    """``--workers``, of the training scripts and of the inference ones (evaluation, pseudo-labels,
+    prototypes); ``loader_workers`` resolves it."""
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers per process (default: 0 on the CPU, up to 8 per GPU on CUDA)")
 
 
 def launch(run, args) -> None:
@@ -194,12 +200,13 @@ def launch(run, args) -> None:
         shutdown()
 
 
-def loader_workers(requested: int | None = None) -> int:
+def loader_workers(requested: int | None = None, on: torch.device | str | None = None) -> int:
     """DataLoader workers per rank: ``requested`` when given (>= 0); else 0 on the CPU (the
-    cores compute) and, on CUDA, up to 8 of the cores this rank may use."""
+    cores compute) and, on CUDA, up to 8 of the cores this rank may use. ``on``: the device the
+    batches go to (default: this process's, ``device()``; a script outside ``launch`` names it)."""
     if requested is not None and requested >= 0:
         return int(requested)
-    if device().type != "cuda":
+    if torch.device(on if on is not None else device()).type != "cuda":
         return 0
     try:
         cores = len(os.sched_getaffinity(0))
@@ -424,7 +431,8 @@ def prepare_model(model: nn.Module) -> nn.Module:
 
 __all__ = [
     "Context", "init", "shutdown", "run_script", "context", "world_size", "rank", "is_main", "active", "device",
-    "barrier", "threads_per_rank", "loader_workers", "local_batch", "rank_slice", "global_rand", "all_reduce_sum",
+    "barrier", "threads_per_rank", "add_workers_argument", "loader_workers", "local_batch", "rank_slice",
+    "global_rand", "all_reduce_sum",
     "all_reduce_mean", "sum_over_ranks", "all_gather_cat", "global_mean", "reduce_logs", "average_gradients",
     "broadcast_module", "broadcast_tensor", "assert_same", "prepare_model", "add_launch_arguments", "launch",
 ]

@@ -76,6 +76,17 @@ def train_step(student, teacher, bank, optimizer, s: dict, t: dict, opts: dict, 
     return {"src": loss_src.detach(), **logs}
 
 
+def data_sets(job: Stage1Job):
+    """The source set (weak view) and the target views (weak and strong, the warm-up's soft
+    labels) of stage 1."""
+    opts = job.options
+    src = labelled_set(job.source, job.num_classes, opts)
+    base = image_set(job.target, job.num_classes)
+    soft = SoftStore(job.soft_labels, expect_keys=base.keys, expect_classes=job.num_classes)
+    strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"])
+    return src, TargetViews(base, weak_view(opts), strong, soft_store=soft, label_stride=opts["label_stride"])
+
+
 def run(job: Stage1Job, log=print, on_iteration=None) -> dict:
     opts = job.options
     out = {}
@@ -88,11 +99,7 @@ def run(job: Stage1Job, log=print, on_iteration=None) -> dict:
         bank.to(accel.device)
         optimizer = make_sgd(student, opts)
 
-        src = labelled_set(job.source, job.num_classes, opts)
-        base = image_set(job.target, job.num_classes)
-        soft = SoftStore(job.soft_labels, expect_keys=base.keys, expect_classes=job.num_classes)
-        strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"])
-        tgt = TargetViews(base, weak_view(opts), strong, soft_store=soft, label_stride=opts["label_stride"])
+        src, tgt = data_sets(job)
 
         def step(batch):
             s, t = batch

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import torch
 
+from ...data.datasets import inference_loader
 from ...pseudo.prototypes import PrototypeBank, class_means
 from .losses import upsample
 
 
 @torch.no_grad()
 def path_prototypes(model, dataset, batch_size: int = 1, device="cpu", resolution: str = "input",
-                    min_pixels: int = 10, cap: int = 3000) -> PrototypeBank:
+                    min_pixels: int = 10, cap: int = 3000, num_workers: int = 0) -> PrototypeBank:
     if resolution not in ("input", "feature"):
         raise ValueError(f"resolution must be 'input' or 'feature', got {resolution!r}")
     model.eval().to(device)
     bank = None
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = inference_loader(dataset, batch_size, num_workers, device)
     for batch in loader:
         images = batch["image"].to(device)
         out = model(images)
