@@ -51,8 +51,9 @@ SIZES = {  # arch, crop (W, H), full target image (W, H), base width, batch, war
 }
 OPTS = {  # official recipe (configs/gta5_to_cityscapes.yaml); values do not change the cost
     "lr": 2.5e-4, "head_lr_mult": 10, "momentum": 0.9, "weight_decay": 2e-4, "adv_weight": 0.01,
-    "label_stride": 4, "proto_temperature": 1.0, "train_thred": 0.0, "rce": True, "rce_alpha": 0.1,
-    "rce_beta": 1.0, "regular_w": 0.1, "proto_consistW": 10.0, "moving_prototype": True, "proto_momentum": 1e-4,
+    "label_stride": 4, "label_geometry": "direct", "proto_temperature": 1.0, "train_thred": 0.0, "rce": True,
+    "rce_alpha": 0.1, "rce_beta": 1.0, "regular_w": 0.1, "proto_consistW": 10.0, "moving_prototype": True,
+    "proto_momentum": 1e-4,
 }
 
 

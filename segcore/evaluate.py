@@ -11,9 +11,22 @@ from .methods.warmup import upsample
 from .metrics import ConfusionMatrix, summarize
 from .progress import image_meter
 
+# checkpoint meta copied into the metrics: what the model is, and (Uni-UVPT) what was trained
+CHECKPOINT_META = ("stage", "init", "iterations", "trainable_params", "total_params", "backbone_params",
+                   "adapter_params", "head_params", "relabelled_pixels", "update_classes")
+
 
 def _print(line: str) -> None:
     print(line, flush=True)
+
+
+def evaluation_record(result: dict, model_path) -> dict:
+    """The metrics JSON of an evaluation (results/<chain>/eval/<run>.json): ``result`` of
+    ``evaluate`` with the checkpoint's path and the meta of :data:`CHECKPOINT_META` it has."""
+    from .preflight import checkpoint_meta
+
+    meta = checkpoint_meta(model_path)
+    return {**result, "checkpoint": {"path": str(model_path), **{k: meta[k] for k in CHECKPOINT_META if k in meta}}}
 
 
 @torch.no_grad()

@@ -7,12 +7,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["bench_convert", "bench_eval", "bench_pseudo_store", "bench_prototypes", "bench_plan", "bench_demo",
-           "train_step", "seed_spread", "bench_ddb_prototypes", "bench_sample_pipeline"]
+           "train_step", "seed_spread", "bench_ddb_prototypes", "bench_sample_pipeline",
+           "bench_resample_geometry"]
 CHECKED = {"bench_eval": "identical", "bench_prototypes": "rectified labels identical",
            "bench_pseudo_store": "identical to the official rule", "bench_plan": "no job per image",
            "bench_demo": "benchmark files", "train_step": "bf16 step losses finite",
            "seed_spread": "equals its metrics file", "bench_ddb_prototypes": "classes found by both passes",
-           "bench_sample_pipeline": "float32 LAB transfer within"}
+           "bench_sample_pipeline": "float32 LAB transfer within", "bench_resample_geometry": "literal"}
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

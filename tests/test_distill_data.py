@@ -59,3 +59,31 @@ def test_cpsl_distillation_keeps_cpsls_data_pipeline(sets, stage, cpsl):
         assert 0 < blurred < 24 and 0 < jittered < 24  # each with probability 0.5
     else:
         assert blurred == jittered == 0
+
+
+@pytest.mark.parametrize("geometry", ["direct", "official"])
+def test_label_geometry_reaches_the_target_views_of_every_stage(sets, geometry):
+    """`label_geometry` of a stage's options is what its target views sample with: ProDA's and
+    CPSL's stage 1 and the distillation stages."""
+    from segcore.pseudo.store import SoftWriter
+    from segcore.train import cpsl_stage1, proda_stage1
+
+    base, source, target = sets
+    job = _job(sets, "cpsl.stage2")
+    job.options["label_geometry"] = geometry
+    assert data_sets(job)[1].geometry == geometry
+    keys = image_set(target, 19).keys
+    if not (base / "soft.h5").exists():
+        with SoftWriter(base / "soft.h5", keys, 19, (5, 9)) as w:
+            w.write(list(range(len(keys))), torch.full((len(keys), 19, 5, 9), 1 / 19))
+    cfg = tiny_config()
+    validate(cfg)
+    common = dict(source=source, target=target, num_classes=19, seed=0, init="", prototypes="",
+                  soft_labels=str(base / "soft.h5"), out="", workdir="")
+    proda = proda_stage1.Stage1Job(options=dict(stage_options(cfg, "proda.stage1"), label_geometry=geometry),
+                                   **common)
+    cpsl = cpsl_stage1.CPSLStage1Job(options=dict(stage_options(cfg, "cpsl.stage1"), label_geometry=geometry),
+                                     class_distribution="", out_prototypes="", lab_stats=str(base / "lab_stats.json"),
+                                     **common)
+    assert proda_stage1.data_sets(proda)[1].geometry == geometry
+    assert cpsl_stage1.data_sets(cpsl)[1].geometry == geometry

@@ -145,6 +145,7 @@ def test_full_scale_cpsl_and_proda_follow_their_own_recipes(real_layout, chain, 
         assert f"--seed {seed} " in line and "--val-every 1000 " in line, (script, stage)
         opts = json.loads(re.search(r"--options '(.*?)'", line).group(1))
         assert "val_every" not in opts and "handoff" not in opts
+        assert opts["label_geometry"] == "official", (script, stage)  # the official resize chain's positions
         want = (True, 0.5, 0.4) if cpsl else (False, 0.0, 0.0)
         if script == "train_proda_stage1.py":  # ProDA's stage 1 has none of these keys
             want = (None, None, None)

@@ -198,8 +198,8 @@ def assert_step(student, ref_student, ref_loss_total, what):
 # ---------------------------------------------------------------- ProDA stage 1
 
 PRODA = {"rce": True, "rce_alpha": 0.1, "rce_beta": 1.0, "regular_w": 0.1, "proto_temperature": 0.5,
-         "train_thred": 0.0, "label_stride": STRIDE, "proto_consistW": 3.0, "moving_prototype": True,
-         "proto_momentum": 0.2}
+         "train_thred": 0.0, "label_stride": STRIDE, "label_geometry": "direct", "proto_consistW": 3.0,
+         "moving_prototype": True, "proto_momentum": 0.2}
 
 
 def test_proda_stage1_step_matches_the_official_step():
@@ -259,7 +259,8 @@ def test_proda_stage1_step_matches_the_official_step():
 
 CPSL = {"rce": True, "rce_alpha": 0.1, "rce_beta": 1.0, "regular_w": 0.1, "temperature": 0.08, "epsilon": 0.05,
         "sinkhorn_iterations": 3, "samples_per_image": OS8_FULL[0] * OS8_FULL[1], "SL_lambda": 0.3,
-        "contrast_lambda": 0.0, "proto_consistW": 2.0, "cutmix_p": 0.0, "train_thred": 0.0, "label_stride": STRIDE}
+        "contrast_lambda": 0.0, "proto_consistW": 2.0, "cutmix_p": 0.0, "train_thred": 0.0, "label_stride": STRIDE,
+        "label_geometry": "direct"}
 MEMORY = 120  # > the 90 samples of one step: old rows stay, so the push is checked too
 
 

@@ -7,14 +7,10 @@ import torch
 
 from segcore import preflight
 from segcore.atomic import write_json
-from segcore.evaluate import evaluate
+from segcore.evaluate import evaluate, evaluation_record
 from segcore.models.checkpoint import load_model
 from segcore.preflight import run_script
 from segcore.train.distributed import add_workers_argument, loader_workers
-
-# checkpoint meta copied into the metrics: what the model is, and (Uni-UVPT) what was trained
-CHECKPOINT_META = ("stage", "init", "iterations", "trainable_params", "total_params", "backbone_params",
-                   "adapter_params", "head_params", "relabelled_pixels", "update_classes")
 
 
 def main():
@@ -33,12 +29,12 @@ def main():
     torch.set_num_threads(a.threads)
     preflight.check_checkpoint(a.model, num_classes=a.num_classes)
     preflight.check_data({"manifest": a.manifest, "split": a.split}, "--manifest")
-    model, meta = load_model(a.model, expect_num_classes=a.num_classes)
+    model, _ = load_model(a.model, expect_num_classes=a.num_classes)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = evaluate(model, a.manifest, a.split, a.num_classes, resize=json.loads(a.resize),
                       batch_size=a.batch_size, device=device,
                       num_workers=loader_workers(a.workers, device))
-    result["checkpoint"] = {"path": a.model, **{k: meta[k] for k in CHECKPOINT_META if k in meta}}
+    result = evaluation_record(result, a.model)
     write_json(a.out, result)
     key = "mIoU19" if a.num_classes == 19 else "mIoU16"
     print(f"{a.model}: {key} {result[key]:.2f} on {result['images']} images", flush=True)

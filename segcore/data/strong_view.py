@@ -33,6 +33,10 @@ normalised coordinates too. ``warp_to_strong`` replays the matrices (in the orde
 applied, each drawn op as often as it was drawn) and the cutout on any map aligned with the weak
 crop, at any resolution; this fixes the official ``label_strong_T`` quirks (replay in a fixed
 order, duplicated ops replayed once, TranslateX normalised by the height) by construction.
+``warp_to_strong(..., geometry="official")`` keeps those fixes but samples where
+``label_strong_T`` samples: translations rounded down to whole map pixels
+(``floor(t / scale)``), the cutout box taken as ``[x0 // scale, x1 // scale)``, and one nearest
+resampling per op instead of one for their composition (docs/geometry.md).
 
 Parameters (all tensors of fixed shape, so ``default_collate`` stacks them; ``S = n_ops + 1``):
 
@@ -71,6 +75,7 @@ from torch import Tensor
 
 from .classes import IGNORE_INDEX
 from .photometric_ops import apply_photometric, color_jitter, gaussian_blur
+from .transforms import check_geometry
 
 ViewParams = dict[str, Tensor]
 
@@ -399,7 +404,8 @@ class StrongView:
 # the map side
 
 
-def warp_to_strong(x: Tensor, params: ViewParams, mode: str = "nearest", fill=IGNORE_INDEX) -> Tensor:
+def warp_to_strong(x: Tensor, params: ViewParams, mode: str = "nearest", fill=IGNORE_INDEX,
+                   geometry: str = "direct") -> Tensor:
     """Warp maps aligned with the weak crop exactly as the strong view warped the image.
 
     ``x``: [N, C, h, w] or [N, h, w] with the collated params of N samples, or [C, h, w] / [h, w]
@@ -410,9 +416,14 @@ def warp_to_strong(x: Tensor, params: ViewParams, mode: str = "nearest", fill=IG
     needs a float map. Pixels whose source left the image at any step (where the image got the
     grey fill), or that lie in the cutout box, get ``fill``; the caller of a float map can pass a
     sentinel fill and use it as a mask.
+
+    ``geometry="official"`` samples where the official ``label_strong_T`` does (module
+    docstring; ``_warp_official``), with its bugs still fixed.
     """
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    if check_geometry(geometry) == "official":
+        return _warp_official(x, params, mode, fill)
     steps, box, has = params["affine_steps"], params["cutout"], params["has_cutout"]
     batched = steps.dim() == 4
     squeeze_channel = x.dim() == (3 if batched else 2)
@@ -446,6 +457,101 @@ def warp_to_strong(x: Tensor, params: ViewParams, mode: str = "nearest", fill=IG
     out = out.to(x.dtype) if not x.is_floating_point() else out.to(work.dtype)
     drop = ~valid | _cutout_mask(box, has, h, w)
     out = out.masked_fill(drop[:, None], fill).contiguous()
+    if not batched:
+        out = out[0]
+    if squeeze_channel:
+        out = out.squeeze(-3)
+    return out
+
+
+def _official_cutout_px(box: Tensor, has: Tensor, height: int, width: int) -> list:
+    """The official ``CutoutAbs`` rectangles (x0, y0, x1, y1) in pixels of the H x W crop, or None.
+
+    The params keep the half-open normalised box ``[x0, min(x1 + 1, W))``; ``x1`` is recovered
+    from it, and where the box reaches the border (``x1 + 1 >= W``) from the official rule
+    ``x1 = min(W, x0 + side)``, ``side = min(W, H) // 3``.
+    """
+    side = min(width, height) // 3
+    out = []
+    for b, on in zip(box.tolist(), has.reshape(-1).tolist()):
+        if not on:
+            out.append(None)
+            continue
+        x0, y0 = round((b[0] + 1.0) * width / 2.0), round((b[1] + 1.0) * height / 2.0)
+        xe, ye = round((b[2] + 1.0) * width / 2.0), round((b[3] + 1.0) * height / 2.0)
+        x1 = xe - 1 if xe < width or x0 + side == width - 1 else width
+        y1 = ye - 1 if ye < height or y0 + side == height - 1 else height
+        out.append((x0, y0, x1, y1))
+    return out
+
+
+def _warp_official(x: Tensor, params: ViewParams, mode: str, fill) -> Tensor:
+    """``warp_to_strong(..., geometry="official")``: ``label_strong_T``'s sampling positions.
+
+    The map is ``1/scale`` of the crop the params were drawn for (``scale = H / h``, 4 for the
+    official labels). In the order applied, every drawn op warps the map once, with
+    ``affine_grid`` + ``grid_sample`` (``align_corners=False``; a pixel whose nearest source
+    lies outside the map gets no source, as the official zero padding), the flip exactly; a
+    translation of ``t`` crop pixels moves the map by ``floor(t / scale)`` of its pixels (the
+    official ``int(t // scale)``; normalised by the map's width for TranslateX, the official
+    code's height there being a bug we keep fixed). Then the official cutout
+    ``[y0 // scale, y1 // scale) x [x0 // scale, x1 // scale)`` of the PIL rectangle.
+    """
+    steps, box, has = params["affine_steps"], params["cutout"], params["has_cutout"]
+    batched = steps.dim() == 4
+    squeeze_channel = x.dim() == (3 if batched else 2)
+    if squeeze_channel:
+        x = x.unsqueeze(-3)
+    op_id, op_value, flip = params["op_id"], params["op_value"], params["flip"]
+    size = params["size"]
+    if not batched:
+        x, steps, box, has = x[None], steps[None], box[None], has.reshape(1)
+        op_id, op_value, flip, size = op_id[None], op_value[None], flip.reshape(1), size[None]
+    if x.dim() != 4 or x.shape[0] != steps.shape[0]:
+        raise ValueError(f"warp_to_strong: map of shape {tuple(x.shape)} does not match params for "
+                         f"{steps.shape[0]} sample(s)")
+    if mode == "bilinear" and not x.is_floating_point():
+        raise ValueError(f"warp_to_strong: mode 'bilinear' needs a float map, got {x.dtype}")
+    n, _, h, w = x.shape
+    dev = x.device
+    big_h, big_w = int(size[0, 0]), int(size[0, 1])
+    scale = big_h / h  # the official ``scale`` argument (one for both axes)
+    work = x if x.is_floating_point() else x.to(torch.float32)
+    gdtype = work.dtype if work.dtype in (torch.float32, torch.float64) else torch.float32
+    work = work.to(gdtype)
+    valid = torch.ones(n, 1, h, w, dtype=gdtype, device=dev)
+    fl = flip.reshape(-1).bool().to(dev)
+    if bool(fl.any()):
+        m = fl[:, None, None, None]
+        work = torch.where(m, work.flip(-1), work)
+        valid = torch.where(m, valid.flip(-1), valid)
+    steps64 = steps.to(torch.float64)
+    eye = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    for k in range(steps.shape[1] - 1):
+        theta = steps64[:, k + 1].clone()  # [N, 2, 3]
+        for b in range(n):
+            name = OPS[int(op_id[b, k])]
+            if name == "TranslateX":
+                t = round(float(op_value[b, k]) * big_w)
+                theta[b, 0, 2] = 2.0 * math.floor(t / scale) / w
+            elif name == "TranslateY":
+                t = round(float(op_value[b, k]) * big_h)
+                theta[b, 1, 2] = 2.0 * math.floor(t / scale) / h
+        moving = ~torch.isclose(theta, eye.expand_as(theta), rtol=0.0, atol=0.0).reshape(n, -1).all(1)
+        if not bool(moving.any()):
+            continue
+        grid = _grid(theta.to(gdtype).to(dev), n, h, w)
+        warped = F.grid_sample(work, grid, mode=mode, padding_mode="border", align_corners=False)
+        inside = F.grid_sample(valid, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        m = moving.to(dev)[:, None, None, None]
+        work = torch.where(m, warped, work)
+        valid = torch.where(m, inside, valid)
+    drop = valid[:, 0] < 0.5
+    for b, rect in enumerate(_official_cutout_px(box, has, big_h, big_w)):
+        if rect is not None:
+            cx0, cy0, cx1, cy1 = (int(c // scale) for c in rect)
+            drop[b, cy0:cy1, cx0:cx1] = True
+    out = work.to(x.dtype).masked_fill(drop[:, None], fill).contiguous()
     if not batched:
         out = out[0]
     if squeeze_channel:

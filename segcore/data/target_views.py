@@ -5,6 +5,10 @@ Pseudo-labels are defined on the full image grid (soft ones at the network's out
 stride, hard ones at label resolution). They are warped into the weak crop at
 ``1/label_stride`` of its resolution (the official code works at 1/4 of the crop) and, for
 hard labels, further into the strong view, all inside the loader workers.
+
+``geometry`` (``"direct"`` by default, or ``"official"``) is passed to ``apply_view`` and
+``warp_to_strong``: ``"official"`` samples the pseudo-labels where the official loader chain and
+``label_strong_T`` sample them (docs/geometry.md).
 """
 from __future__ import annotations
 
@@ -12,14 +16,15 @@ import torch
 
 from .datasets import SegmentationDataset
 from .strong_view import StrongView, warp_to_strong
-from .transforms import WeakView, apply_view
+from .transforms import WeakView, apply_view, check_geometry
 
 
 class TargetViews(torch.utils.data.Dataset):
     def __init__(self, base: SegmentationDataset, weak: WeakView, strong: StrongView | None = None,
                  soft_store=None, hard_store=None, threshold: float | None = None, label_stride: int = 4,
-                 keep_full: bool = True, keep_soft_full: bool = False):
+                 keep_full: bool = True, keep_soft_full: bool = False, geometry: str = "direct"):
         self.base, self.weak, self.strong = base, weak, strong
+        self.geometry = check_geometry(geometry)
         self.soft, self.hard, self.threshold = soft_store, hard_store, threshold
         self.stride, self.keep_full = label_stride, keep_full
         self.keep_soft_full = keep_soft_full  # also the soft label on the full image's grid (CPSL)
@@ -41,7 +46,7 @@ class TargetViews(torch.utils.data.Dataset):
             out["strong_view"] = ps
         if self.soft is not None:
             soft = self.soft[index]
-            out["soft"] = apply_view(soft, pw, "bilinear", stride=self.stride)
+            out["soft"] = apply_view(soft, pw, "bilinear", stride=self.stride, geometry=self.geometry)
             if self.keep_soft_full:
                 out["soft_full"] = soft
         if self.hard is not None:
@@ -49,6 +54,7 @@ class TargetViews(torch.utils.data.Dataset):
                 label = self.hard.get(index)[0]
             else:
                 label = self.hard.thresholded(index, self.threshold)
-            label = apply_view(label, pw, "nearest", stride=self.stride)
-            out["hard"] = warp_to_strong(label, ps, "nearest") if ps is not None else label
+            label = apply_view(label, pw, "nearest", stride=self.stride, geometry=self.geometry)
+            out["hard"] = (warp_to_strong(label, ps, "nearest", geometry=self.geometry) if ps is not None
+                           else label)
         return out

@@ -146,11 +146,12 @@ def contrastive_loss(anchors: torch.Tensor, anchor_labels: torch.Tensor, bank: t
 
 
 def cosine_consistency_loss(teacher_scores_w: torch.Tensor, student_feat_s: torch.Tensor, strong_view,
-                            protos_ema: torch.Tensor, temperature: float = 0.08) -> torch.Tensor:
+                            protos_ema: torch.Tensor, temperature: float = 0.08,
+                            geometry: str = "direct") -> torch.Tensor:
     """KL between the teacher's cosine assignments to P' (computed on the weak crop, moved into
     the strong view) and the student's on the strong view, ``softmax(s / tau)``, normalised as the
     official ``(kl * mask).sum() / mask.sum()`` over (N, C, h, w) (``losses.masked_kl``)."""
-    t = warp_to_strong(teacher_scores_w, strong_view, "nearest", fill=_NO_SOURCE)
+    t = warp_to_strong(teacher_scores_w, strong_view, "nearest", fill=_NO_SOURCE, geometry=geometry)
     mask = t[:, 0] > _NO_SOURCE / 2
     s = cosine_scores(student_feat_s, protos_ema.detach())
     return L.masked_kl(t / temperature, s / temperature, mask)

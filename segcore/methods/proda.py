@@ -33,10 +33,12 @@ def self_training_loss(logits_w, labels, opts) -> torch.Tensor:
     return loss
 
 
-def consistency_loss(teacher_dist_w, student_feat_s, strong_view, protos, temperature: float):
-    """KL between prototype assignments of the teacher (moved into the strong view) and of
-    the student on the strong view. Distances are >= 0, so -1 marks pixels with no source."""
-    dist_t = warp_to_strong(teacher_dist_w, strong_view, "nearest", fill=-1.0)
+def consistency_loss(teacher_dist_w, student_feat_s, strong_view, protos, temperature: float,
+                     geometry: str = "direct"):
+    """KL between prototype assignments of the teacher (moved into the strong view, with the
+    strong view's label ``geometry``) and of the student on the strong view. Distances are >= 0,
+    so -1 marks pixels with no source."""
+    dist_t = warp_to_strong(teacher_dist_w, strong_view, "nearest", fill=-1.0, geometry=geometry)
     mask = dist_t[:, 0] >= 0
     dist_s = prototype_distances(student_feat_s, protos)
     return L.proto_consistency_kl(dist_t, dist_s, mask, temperature)
@@ -54,7 +56,8 @@ def stage1_target_losses(student, teacher, protos, batch, opts):
     logits_w = upsample(student(batch["weak"])["out"], size_q)
     loss_st = self_training_loss(logits_w, labels, opts)
     feat_s = upsample(student(batch["strong"])["feat"], size_q)
-    loss_kl = consistency_loss(dist, feat_s, batch["strong_view"], protos, opts["proto_temperature"])
+    loss_kl = consistency_loss(dist, feat_s, batch["strong_view"], protos, opts["proto_temperature"],
+                               opts["label_geometry"])
     logs = {"st": loss_st.detach(), "kl": loss_kl.detach()}
     return loss_st + opts["proto_consistW"] * loss_kl, logs, t
 

@@ -143,7 +143,8 @@ def target_losses(student, teacher, protos, memory, prior, t, s, opts):
         logs["con"] = loss_con.detach()
     if opts["proto_consistW"] > 0:
         feat_s = upsample(student(t["strong"])["feat"], size_q)
-        loss_kl = cpsl.cosine_consistency_loss(scores_w, feat_s, t["strong_view"], protos.ema, tau)
+        loss_kl = cpsl.cosine_consistency_loss(scores_w, feat_s, t["strong_view"], protos.ema, tau,
+                                               geometry=opts["label_geometry"])
         loss = loss + opts["proto_consistW"] * loss_kl
         logs["kl"] = loss_kl.detach()
     return loss, logs, entries
@@ -182,7 +183,7 @@ def data_sets(job: CPSLStage1Job):
     strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"],
                         blur_p=opts["blur_p"], jitter=opts["jitter"], jitter_p=opts["jitter_p"])
     return src, TargetViews(base, weak_view(opts), strong, soft_store=soft, label_stride=opts["label_stride"],
-                            keep_soft_full=True)
+                            keep_soft_full=True, geometry=opts["label_geometry"])
 
 
 def run(job: CPSLStage1Job, log=print, on_iteration=None) -> dict:

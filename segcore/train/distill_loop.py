@@ -73,7 +73,7 @@ def data_sets(job: DistillJob):
     strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"],
                         blur_p=opts["blur_p"], jitter=opts["jitter"], jitter_p=opts["jitter_p"])
     tgt = TargetViews(base, weak_view(opts), strong, hard_store=hard, threshold=opts["threshold"],
-                      label_stride=opts["label_stride"], keep_full=False)
+                      label_stride=opts["label_stride"], keep_full=False, geometry=opts["label_geometry"])
     return src, tgt
 
 

@@ -84,7 +84,8 @@ def data_sets(job: Stage1Job):
     base = image_set(job.target, job.num_classes)
     soft = SoftStore(job.soft_labels, expect_keys=base.keys, expect_classes=job.num_classes)
     strong = StrongView(n_ops=opts["strong_ops"], magnitude=opts["strong_magnitude"], cutout=opts["cutout"])
-    return src, TargetViews(base, weak_view(opts), strong, soft_store=soft, label_stride=opts["label_stride"])
+    return src, TargetViews(base, weak_view(opts), strong, soft_store=soft, label_stride=opts["label_stride"],
+                            geometry=opts["label_geometry"])
 
 
 def run(job: Stage1Job, log=print, on_iteration=None) -> dict:
