@@ -262,13 +262,6 @@ def best_outputs(run):
     )
 
 
-def validated_outputs(run):
-    """The outputs of the training rules that validate (the best-on-val ones) and the evaluation
-    of its last checkpoint (results/{chain}/eval/<run>.json), which is its validation at the last
-    iteration, so that no evaluation job loads the model again (rules/evaluate.smk)."""
-    return dict(best_outputs(run), eval=f"results/{{chain}}/eval/{run}.json")
-
-
 def eval_spec(wildcards):
     """JSON of the evaluation split (evaluate.split of the chain's target), which best-on-val selects on."""
     return data_spec(chain_cfg(wildcards.chain)["target"], config["evaluate"]["split"])
@@ -281,7 +274,7 @@ def val_every(stage):
 
 BEST_ARGS = (
     " --val {params.val:q} --val-every {params.val_every}"
-    " --best-out {output.model_best:q} --best-metrics {output.metrics_best:q} --eval-out {output.eval:q}"
+    " --best-out {output.model_best:q} --best-metrics {output.metrics_best:q}"
 )
 
 

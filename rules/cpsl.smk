@@ -40,7 +40,7 @@ rule cpsl_stage1:
         target=target_manifest,
         lab_stats=lab_stats_input("cpsl.stage1"),
     output:
-        **validated_outputs("cpsl/stage1"),
+        **best_outputs("cpsl/stage1"),
         model="results/{chain}/cpsl/stage1/model.pt",
         prototypes="results/{chain}/cpsl/stage1/prototypes.pt",
     log:

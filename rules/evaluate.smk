@@ -1,18 +1,5 @@
 # Evaluation of any checkpoint results/{chain}/{run}/model.pt on the target split.
 # Input functions: rules/common.smk.
-#
-# The training rules that validate (segcore/stages.py, best_on_val) write their run's
-# evaluation themselves, from the validation at the last iteration (validated_outputs): the
-# rule order below gives them the file.
-
-
-ruleorder: source_only > evaluate
-ruleorder: oracle > evaluate
-ruleorder: warmup > evaluate
-ruleorder: proda_stage1 > evaluate
-ruleorder: cpsl_stage1 > evaluate
-ruleorder: distill_stage2 > evaluate
-ruleorder: distill_stage3 > evaluate
 
 
 rule evaluate:

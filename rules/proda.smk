@@ -11,7 +11,7 @@ rule proda_stage1:
         source=source_manifest,
         target=target_manifest,
     output:
-        **validated_outputs("proda/stage1"),
+        **best_outputs("proda/stage1"),
         model="results/{chain}/proda/stage1/model.pt",
     log:
         "logs/proda_stage1/{chain}.log",
@@ -53,7 +53,7 @@ rule distill_stage2:
         target=target_manifest,
         lab_stats=lab_stats_input("{method}.stage2"),
     output:
-        **validated_outputs("{method}/stage2"),
+        **best_outputs("{method}/stage2"),
         model="results/{chain}/{method}/stage2/model.pt",
     log:
         "logs/distill_stage2/{chain}/{method}.log",
@@ -81,7 +81,7 @@ rule distill_stage3:
         target=target_manifest,
         lab_stats=lab_stats_input("{method}.stage3"),
     output:
-        **validated_outputs("{method}/stage3"),
+        **best_outputs("{method}/stage3"),
         model="results/{chain}/{method}/stage3/model.pt",
     log:
         "logs/distill_stage3/{chain}/{method}.log",

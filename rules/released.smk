@@ -17,7 +17,6 @@ if RELEASED["replace"]:
             model="results/{chain}/{run}/model.pt",
             model_best="results/{chain}/{run}/model_best.pt",
             metrics_best="results/{chain}/{run}/metrics_best.json",
-            eval="results/{chain}/eval/{run}.json",
         log:
             "logs/released_stage/{chain}/{run}.log",
         benchmark:
@@ -39,10 +38,9 @@ if RELEASED["replace"]:
             "python {params.script:q} --released {input.released:q} {params.allow_pickle} --stage {params.stage}"
             " --arch {params.arch} --num-classes {params.num_classes} --out {output.model:q}"
             " --val {params.val:q} --best-out {output.model_best:q} --best-metrics {output.metrics_best:q}"
-            " --eval-out {output.eval:q} --threads {threads} > {log:q} 2>&1"
+            " --threads {threads} > {log:q} 2>&1"
 
     # the released checkpoint wins over the training rules for the runs it replaces
-    ruleorder: released_stage > evaluate
     ruleorder: released_stage > proda_stage1
     ruleorder: released_stage > cpsl_stage1
     ruleorder: released_stage > distill_stage2

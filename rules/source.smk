@@ -9,7 +9,7 @@ rule source_only:
         val=target_manifest,  # its best-on-val validation
         weights=imagenet_input(),
     output:
-        **validated_outputs("source_only"),
+        **best_outputs("source_only"),
         model="results/{chain}/source_only/model.pt",
     log:
         "logs/source_only/{chain}.log",
@@ -33,7 +33,7 @@ rule oracle:
         manifest=target_manifest,
         weights=imagenet_input(),
     output:
-        **validated_outputs("oracle"),
+        **best_outputs("oracle"),
         model="results/{chain}/oracle/model.pt",
     log:
         "logs/oracle/{chain}.log",
@@ -60,7 +60,7 @@ if config["warmup"]["mode"] == "adversarial":
             target=target_manifest,
             weights=imagenet_input(),
         output:
-            **validated_outputs("warmup"),
+            **best_outputs("warmup"),
             model="results/{chain}/warmup/model.pt",
         log:
             "logs/warmup/{chain}.log",

@@ -37,7 +37,8 @@ def test_full_scale_chain_plans(real_layout, chain, source):
     assert "--arch resnet101" in out
     assert "--imagenet-weights pretrained/resnet101-5d3b4d8f.pth" in out
     assert '"crop": [896, 512]' in out and '"iterations": 62412' in out
-    assert '"queue_length": 65536' in out and '"iterations": 95104' in out  # CPSL stage 1 (128 epochs)
+    assert '"queue_length": 65536' in out and '"iterations": 90000' in out  # CPSL stage 1 (to the official horizon)
+    assert '"poly_horizon": 90000' in out
     assert "--student-init pretrained/r101_1x_sk0.pth --init-kind simclr" in out
     assert '"regular_w": ' + ("0.1" if source == "gta5" else "0.0") in out
     other = "synthia_to_cityscapes" if source == "gta5" else "gta5_to_cityscapes"

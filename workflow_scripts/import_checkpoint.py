@@ -56,7 +56,6 @@ def main():
         write_json(selection.metrics_out, {**metrics, "checkpoint": {"path": selection.model_out},
                                            "selected": {"on": "the evaluation split, by the authors",
                                                         "released": a.released}})
-        selection.write_evaluation(metrics)  # --eval-out: the same file is the last checkpoint
         print(f"{a.released}: {selection.key} {metrics[selection.key]} on {metrics['images']} images", flush=True)
 
 

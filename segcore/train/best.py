@@ -34,8 +34,6 @@ class BestOnVal:
     metrics_out: str
     val_every: int = 0        # iterations between validations; 0: the last iteration only
     batch_size: int = 4
-    eval_out: str | None = None   # the evaluation of the last checkpoint (eval/<run>.json), from the last validation
-    last_model: str | None = None  # the last checkpoint the job writes (its --out)
 
     @property
     def key(self) -> str:
@@ -51,17 +49,6 @@ class BestOnVal:
     def validate(self, model: torch.nn.Module, device) -> dict:
         """The metrics of ``model`` on the split."""
         return validate(model, self.dataset, self.num_classes, device, self.batch_size)
-
-    def write_evaluation(self, metrics: dict) -> None:
-        """Write ``metrics``, the validation at the last iteration, as the evaluation of the last
-        checkpoint (``eval_out``, what rule evaluate would write: the same split and code), once
-        that checkpoint is written; nothing without ``eval_out``."""
-        if self.eval_out is None:
-            return
-        from ..atomic import write_json
-        from ..evaluate import evaluation_record
-
-        write_json(self.eval_out, evaluation_record(metrics, self.last_model))
 
 
 @torch.no_grad()
@@ -94,9 +81,6 @@ def add_arguments(parser) -> None:
                         help="validate every this many iterations (0: at the last iteration only)")
     parser.add_argument("--best-out", default=None, help="the best validated checkpoint to write (model_best.pt)")
     parser.add_argument("--best-metrics", default=None, help="its metrics to write (metrics_best.json)")
-    parser.add_argument("--eval-out", default=None,
-                        help="the evaluation of the last checkpoint to write (eval/<run>.json): the validation at"
-                        " the last iteration")
 
 
 def from_arguments(args, num_classes: int) -> BestOnVal | None:
@@ -113,5 +97,4 @@ def from_arguments(args, num_classes: int) -> BestOnVal | None:
 
     spec = json.loads(args.val)
     check_data(spec, "--val")
-    return BestOnVal(spec, num_classes, args.best_out, args.best_metrics, val_every=args.val_every,
-                     eval_out=args.eval_out, last_model=getattr(args, "out", None) if args.eval_out else None)
+    return BestOnVal(spec, num_classes, args.best_out, args.best_metrics, val_every=args.val_every)

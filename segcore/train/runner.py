@@ -149,7 +149,6 @@ def run_training(build: Callable[[Accel, Callable], Training], *, options: dict,
     train_mode(tr.model, options)
     meter = Meter(total, start, every=options["log_every"])
     val_every = best.val_every if best is not None else 0  # 0: the last iteration only
-    last_metrics = None  # the validation at the last iteration (the evaluation of the last checkpoint)
     for it in range(start, total):
         f = factor(it)
         for opt in tr.optimizers:
@@ -163,7 +162,7 @@ def run_training(build: Callable[[Accel, Callable], Training], *, options: dict,
             lr = tr.optimizers[0].param_groups[0]["lr"]
             log(meter.line(done, " ".join([f"lr {lr:.2e}"] + [f"{k} {v:.4f}" for k, v in means.items()])))
         if selector is not None and ((val_every and done % val_every == 0) or done == total):
-            metrics = last_metrics = best.validate(tr.model, accel.device)
+            metrics = best.validate(tr.model, accel.device)
             validations.append([done, {k: metrics[k] for k in (selector.key, "mIoU13") if k in metrics}])
             new = selector.consider(done, metrics, tr.checkpoint)
             log(f"validation at {done}: {selector.key} {metrics[selector.key] or float('nan'):.2f}"
@@ -186,6 +185,5 @@ def run_training(build: Callable[[Accel, Callable], Training], *, options: dict,
         tr.save(finished)
         if selector is not None:
             selector.finish(best.model_out, best.metrics_out)
-            best.write_evaluation(last_metrics)
         state.clear()
     return finished
