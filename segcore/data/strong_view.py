@@ -404,6 +404,24 @@ class StrongView:
 # the map side
 
 
+def _strong_batch(x: Tensor, params: ViewParams, mode: str):
+    """``x`` as [N, C, h, w] with the affine steps and cutout of its N samples (checked against
+    ``mode``), and whether the input was batched / had no channel axis (for the caller to undo)."""
+    steps, box, has = params["affine_steps"], params["cutout"], params["has_cutout"]
+    batched = steps.dim() == 4
+    squeeze_channel = x.dim() == (3 if batched else 2)
+    if squeeze_channel:
+        x = x.unsqueeze(-3)
+    if not batched:
+        x, steps, box, has = x[None], steps[None], box[None], has.reshape(1)
+    if x.dim() != 4 or x.shape[0] != steps.shape[0]:
+        raise ValueError(f"warp_to_strong: map of shape {tuple(x.shape)} does not match params for "
+                         f"{steps.shape[0]} sample(s)")
+    if mode == "bilinear" and not x.is_floating_point():
+        raise ValueError(f"warp_to_strong: mode 'bilinear' needs a float map, got {x.dtype}")
+    return x, steps, box, has, batched, squeeze_channel
+
+
 def warp_to_strong(x: Tensor, params: ViewParams, mode: str = "nearest", fill=IGNORE_INDEX,
                    geometry: str = "direct") -> Tensor:
     """Warp maps aligned with the weak crop exactly as the strong view warped the image.
@@ -424,18 +442,7 @@ def warp_to_strong(x: Tensor, params: ViewParams, mode: str = "nearest", fill=IG
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
     if check_geometry(geometry) == "official":
         return _warp_official(x, params, mode, fill)
-    steps, box, has = params["affine_steps"], params["cutout"], params["has_cutout"]
-    batched = steps.dim() == 4
-    squeeze_channel = x.dim() == (3 if batched else 2)
-    if squeeze_channel:
-        x = x.unsqueeze(-3)
-    if not batched:
-        x, steps, box, has = x[None], steps[None], box[None], has.reshape(1)
-    if x.dim() != 4 or x.shape[0] != steps.shape[0]:
-        raise ValueError(f"warp_to_strong: map of shape {tuple(x.shape)} does not match params for "
-                         f"{steps.shape[0]} sample(s)")
-    if mode == "bilinear" and not x.is_floating_point():
-        raise ValueError(f"warp_to_strong: mode 'bilinear' needs a float map, got {x.dtype}")
+    x, steps, box, has, batched, squeeze_channel = _strong_batch(x, params, mode)
     n, _, h, w = x.shape
     dev = x.device
     # non_blocking: the params stay on the CPU (pinned by the loader) in the training loops
@@ -497,21 +504,10 @@ def _warp_official(x: Tensor, params: ViewParams, mode: str, fill) -> Tensor:
     code's height there being a bug we keep fixed). Then the official cutout
     ``[y0 // scale, y1 // scale) x [x0 // scale, x1 // scale)`` of the PIL rectangle.
     """
-    steps, box, has = params["affine_steps"], params["cutout"], params["has_cutout"]
-    batched = steps.dim() == 4
-    squeeze_channel = x.dim() == (3 if batched else 2)
-    if squeeze_channel:
-        x = x.unsqueeze(-3)
-    op_id, op_value, flip = params["op_id"], params["op_value"], params["flip"]
-    size = params["size"]
+    x, steps, box, has, batched, squeeze_channel = _strong_batch(x, params, mode)
+    op_id, op_value, flip, size = params["op_id"], params["op_value"], params["flip"], params["size"]
     if not batched:
-        x, steps, box, has = x[None], steps[None], box[None], has.reshape(1)
         op_id, op_value, flip, size = op_id[None], op_value[None], flip.reshape(1), size[None]
-    if x.dim() != 4 or x.shape[0] != steps.shape[0]:
-        raise ValueError(f"warp_to_strong: map of shape {tuple(x.shape)} does not match params for "
-                         f"{steps.shape[0]} sample(s)")
-    if mode == "bilinear" and not x.is_floating_point():
-        raise ValueError(f"warp_to_strong: mode 'bilinear' needs a float map, got {x.dtype}")
     n, _, h, w = x.shape
     dev = x.device
     big_h, big_w = int(size[0, 0]), int(size[0, 1])

@@ -122,6 +122,24 @@ def _crop_flip(x: Tensor, params: ViewParams, fill) -> Tensor:
     return out.contiguous()
 
 
+def _view_batch(x: Tensor, params: ViewParams, mode: str, fill):
+    """``x`` as [N, C, h, w] with the view params of its N samples, the fill of ``mode``, and
+    whether the input was batched / had no channel axis (for the caller to undo)."""
+    size, crop, flip = params["size"], params["crop"], params["flip"]
+    batched = size.dim() == 2
+    squeeze_channel = x.dim() == (3 if batched else 2)
+    if squeeze_channel:
+        x = x.unsqueeze(-3)
+    if not batched:
+        x, size, crop, flip = x[None], size[None], crop[None], flip.reshape(1)
+    if x.dim() != 4 or x.shape[0] != size.shape[0]:
+        raise ValueError(f"apply_view: map of shape {tuple(x.shape)} does not match params "
+                         f"for {size.shape[0]} sample(s)")
+    if fill is None:
+        fill = IGNORE_INDEX if mode == "nearest" else 0.0
+    return x, size, crop, flip, fill, batched, squeeze_channel
+
+
 def apply_view(x: Tensor, params: ViewParams, mode: str, stride: int = 1, fill=None,
                geometry: str = "direct") -> Tensor:
     """Warp a map defined on the full (pre-view) image grid exactly as the view warped the image.
@@ -144,18 +162,7 @@ def apply_view(x: Tensor, params: ViewParams, mode: str, stride: int = 1, fill=N
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
     if check_geometry(geometry) == "official":
         return _apply_view_official(x, params, mode, stride, fill)
-    size, crop, flip = params["size"], params["crop"], params["flip"]
-    batched = size.dim() == 2
-    squeeze_channel = x.dim() == (3 if batched else 2)
-    if squeeze_channel:
-        x = x.unsqueeze(-3)
-    if not batched:
-        x, size, crop, flip = x[None], size[None], crop[None], flip.reshape(1)
-    if x.dim() != 4 or x.shape[0] != size.shape[0]:
-        raise ValueError(f"apply_view: map of shape {tuple(x.shape)} does not match params "
-                         f"for {size.shape[0]} sample(s)")
-    if fill is None:
-        fill = IGNORE_INDEX if mode == "nearest" else 0.0
+    x, size, crop, flip, fill, batched, squeeze_channel = _view_batch(x, params, mode, fill)
     n, _, hin, win = x.shape
     dev = x.device
     # the crop size is the same for the whole batch; read it before the params move to the
@@ -238,18 +245,7 @@ def _apply_view_official(x: Tensor, params: ViewParams, mode: str, stride: int, 
     Positions outside the scaled map (the padding of a crop larger than the image, never
     reached at the official sizes) get ``fill``.
     """
-    size, crop, flip = params["size"], params["crop"], params["flip"]
-    batched = size.dim() == 2
-    squeeze_channel = x.dim() == (3 if batched else 2)
-    if squeeze_channel:
-        x = x.unsqueeze(-3)
-    if not batched:
-        x, size, crop, flip = x[None], size[None], crop[None], flip.reshape(1)
-    if x.dim() != 4 or x.shape[0] != size.shape[0]:
-        raise ValueError(f"apply_view: map of shape {tuple(x.shape)} does not match params "
-                         f"for {size.shape[0]} sample(s)")
-    if fill is None:
-        fill = IGNORE_INDEX if mode == "nearest" else 0.0
+    x, size, crop, flip, fill, batched, squeeze_channel = _view_batch(x, params, mode, fill)
     s = int(stride)
     n, _, hin, win = x.shape
     dev = x.device
