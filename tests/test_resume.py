@@ -2,9 +2,9 @@
 workflow and ends exactly where an uninterrupted run ends (deterministic on CPU: one thread per
 job, data order and views a function of (seed, iteration), RNG states saved with the state).
 
-One working folder per rule: an uninterrupted run first (the reference), then the same job is
-forced to run again, killed at a random iteration after its first rolling state, and the
-workflow is run again.
+One working folder per rule, a copy of the tiny workflow's finished one (its inputs are built):
+the job with more iterations, uninterrupted first (the reference), then forced to run again,
+killed at a random iteration after its first rolling state, and the workflow is run again.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from workflow_helpers import copy_workdir, snakemake_cmd, snakemake_env, tiny_config, write_config
 from workflow_helpers import snakemake as run_workflow
-from workflow_helpers import snakemake_cmd, snakemake_env, tiny_config, write_config
 
 CHAIN = "gta5_to_cityscapes"
-ITERATIONS, EVERY = 60, 4
+ITERATIONS, EVERY = 40, 4
 
 
 def resume_config(rule: str) -> dict:
@@ -38,8 +38,8 @@ def resume_config(rule: str) -> dict:
     return cfg
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = run_workflow(workdir, *args, timeout=timeout)
+def snakemake(snakefile: Path, workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = run_workflow(workdir, *args, timeout=timeout, snakefile=snakefile)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc
 
@@ -74,11 +74,12 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def kill_mid_way(workdir: Path, target: str, rule: str, script: str, marker: str, state: Path, log: Path,
-                 kill_at: int) -> None:
+def kill_mid_way(snakefile: Path, workdir: Path, target: str, rule: str, script: str, marker: str, state: Path,
+                 log: Path, kill_at: int) -> None:
     """Force ``rule`` to run again for ``target`` and SIGKILL its training process once a rolling
     state exists and the log reports iteration ``kill_at`` (then snakemake itself)."""
-    proc = subprocess.Popen(snakemake_cmd(workdir, target, "--forcerun", rule), cwd=workdir, env=snakemake_env(),
+    proc = subprocess.Popen(snakemake_cmd(workdir, target, "--forcerun", rule, snakefile=snakefile), cwd=workdir,
+                            env=snakemake_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     killed = False
     try:
@@ -121,8 +122,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("rule", list(CASES))
-def test_killed_job_resumes_and_matches_an_uninterrupted_run(tmp_path, rule):
+def test_killed_job_resumes_and_matches_an_uninterrupted_run(tiny_workflow, rule):
     case = CASES[rule]
+    tmp_path = copy_workdir(tiny_workflow.work, tiny_workflow.work.parent / f"resume {rule}")
+    snakefile = tiny_workflow.repo / "Snakefile"
     write_config(tmp_path, resume_config(rule))
     model = tmp_path / f"results/{CHAIN}/{case['run']}/model.pt"
     metrics = tmp_path / f"results/{CHAIN}/eval/{case['run']}.json"
@@ -130,19 +133,19 @@ def test_killed_job_resumes_and_matches_an_uninterrupted_run(tmp_path, rule):
     state = tmp_path / f"work/{CHAIN}/{case['run']}/resume.pt"
     target = str(metrics.relative_to(tmp_path))
 
-    snakemake(tmp_path, target)  # the uninterrupted reference
+    snakemake(snakefile, tmp_path, target)  # the uninterrupted reference (the new options rerun the job)
     reference_metrics = json.loads(metrics.read_text())
     reference_model = model_state(model)
     assert not state.exists()
 
     kill_at = random.Random().randint(EVERY + 1, ITERATIONS // 2)  # leaves a wide window to catch the job in
-    kill_mid_way(tmp_path, target, rule, case["script"], case["marker"], state, log, kill_at)
+    kill_mid_way(snakefile, tmp_path, target, rule, case["script"], case["marker"], state, log, kill_at)
     assert not model.exists()  # the job never finished: no output under its final name
     assert state.exists()
 
-    snakemake(tmp_path, "--unlock")  # the lock a killed snakemake leaves behind
+    snakemake(snakefile, tmp_path, "--unlock")  # the lock a killed snakemake leaves behind
     # the model (the killed job's output, now missing) and its metrics, which follow from it
-    proc = snakemake(tmp_path, str(model.relative_to(tmp_path)), target)  # rerun-incomplete: default profile
+    proc = snakemake(snakefile, tmp_path, str(model.relative_to(tmp_path)), target)  # rerun-incomplete: default profile
     assert re.search(rf"rule {rule}:", proc.stdout + proc.stderr)
     text = log.read_text()
     m = re.search(r"resumed from (.+) at iteration (\d+)", text)
