@@ -124,28 +124,28 @@ CASES = {
 @pytest.mark.parametrize("rule", list(CASES))
 def test_killed_job_resumes_and_matches_an_uninterrupted_run(tiny_workflow, rule):
     case = CASES[rule]
-    tmp_path = copy_workdir(tiny_workflow.work, tiny_workflow.work.parent / f"resume {rule}")
+    work = copy_workdir(tiny_workflow.work, tiny_workflow.work.parent / f"resume {rule}")
     snakefile = tiny_workflow.repo / "Snakefile"
-    write_config(tmp_path, resume_config(rule))
-    model = tmp_path / f"results/{CHAIN}/{case['run']}/model.pt"
-    metrics = tmp_path / f"results/{CHAIN}/eval/{case['run']}.json"
-    log = tmp_path / f"logs/{rule}/{CHAIN}.log"
-    state = tmp_path / f"work/{CHAIN}/{case['run']}/resume.pt"
-    target = str(metrics.relative_to(tmp_path))
+    write_config(work, resume_config(rule))
+    model = work / f"results/{CHAIN}/{case['run']}/model.pt"
+    metrics = work / f"results/{CHAIN}/eval/{case['run']}.json"
+    log = work / f"logs/{rule}/{CHAIN}.log"
+    state = work / f"work/{CHAIN}/{case['run']}/resume.pt"
+    target = str(metrics.relative_to(work))
 
-    snakemake(snakefile, tmp_path, target)  # the uninterrupted reference (the new options rerun the job)
+    snakemake(snakefile, work, target)  # the uninterrupted reference (the new options rerun the job)
     reference_metrics = json.loads(metrics.read_text())
     reference_model = model_state(model)
     assert not state.exists()
 
     kill_at = random.Random().randint(EVERY + 1, ITERATIONS // 2)  # leaves a wide window to catch the job in
-    kill_mid_way(snakefile, tmp_path, target, rule, case["script"], case["marker"], state, log, kill_at)
+    kill_mid_way(snakefile, work, target, rule, case["script"], case["marker"], state, log, kill_at)
     assert not model.exists()  # the job never finished: no output under its final name
     assert state.exists()
 
-    snakemake(snakefile, tmp_path, "--unlock")  # the lock a killed snakemake leaves behind
+    snakemake(snakefile, work, "--unlock")  # the lock a killed snakemake leaves behind
     # the model (the killed job's output, now missing) and its metrics, which follow from it
-    proc = snakemake(snakefile, tmp_path, str(model.relative_to(tmp_path)), target)  # rerun-incomplete: default profile
+    proc = snakemake(snakefile, work, str(model.relative_to(work)), target)  # rerun-incomplete: default profile
     assert re.search(rf"rule {rule}:", proc.stdout + proc.stderr)
     text = log.read_text()
     m = re.search(r"resumed from (.+) at iteration (\d+)", text)
